@@ -1,0 +1,43 @@
+# Two commands do everything on a machine that has only Python 3.11:
+#   make study   install into .venv, rebuild and verify data/, run the whole pipeline (dvc repro)
+#   make test    install into .venv, run the test suite
+# GPU users with pip: `make study TORCH=torch` (any CUDA build); conda users: see environment.yml.
+
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN    := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+
+.PHONY: study test setup data lint bench clean-venv
+
+study: setup data
+	dvc repro
+
+test: setup
+	python -m pytest
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	echo "$(TORCH)" > $(VENV)/constraints.txt
+	$(BIN)/python -m pip install --quiet -c $(VENV)/constraints.txt -e ".[dev]"
+	touch $@
+
+# Rebuild data/ byte for byte, check it against the hash in data.dvc, then cache it for DVC.
+data: setup
+	gradience data
+	dvc status data.dvc --quiet || { echo "data/ rebuilt but differs from data.dvc" >&2; exit 1; }
+	dvc commit --force --quiet data.dvc
+
+lint: setup
+	ruff check src tests notebooks benchmarks
+
+bench: setup
+	python benchmarks/telemetry_overhead.py
+
+clean-venv:
+	rm -rf $(VENV)

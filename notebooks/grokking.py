@@ -1,0 +1,120 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Part I — Grokking on modular arithmetic: κ, κ_recovery and the monitoring rules
+#
+# **Question** (seed 000, Part I). Do spectral metrics of the weights — the condition number κ
+# and its recovery κ_recovery = κ_peak / κ_final — separate runs that grok from runs that stay
+# memorised, and do the seed's two monitoring rules (κ growth > 50× early → raise weight decay;
+# κ_recovery < 2 → "may be stuck") flag the runs that fail?
+#
+# **Protocol.** `a ∘ b mod 97`, a random train/test split of all pairs, AdamW, full batch. The seed's
+# three conditions (multiplication wd 0.1; addition wd 0.01; addition wd 0.1) plus two controls
+# (addition wd 1, which should grok; addition wd 0, which should not), each over several seeds.
+# All definitions (grok step, model-level κ, smoothing, the rescaled "10k-step" point) are stated in
+# `gradience.studies.grokking`; this notebook only runs, plots and compares.
+
+# %% tags=["parameters"]
+stage = "grokking"
+params = None  # this stage's section of params.yaml; None reads it from params.yaml
+out_dir = "reports/grokking"
+
+# %%
+import matplotlib.pyplot as plt
+import seaborn as sns
+from IPython.display import Markdown, display
+
+from gradience import plots, reporting
+from gradience.config import load_stage_params
+from gradience.studies import grokking
+
+P = load_stage_params(stage, params)
+plots.set_theme()
+print(f"profile={P.profile}  steps={P.steps:,}  lr={P.lr:g}  seeds={P.seeds}  model={P.model.kind}")
+
+# %% [markdown]
+# ## Run every condition × seed
+# Telemetry (tidy parquet: `run, step, scope, metric, value`) and singular-value snapshots are
+# written next to this notebook; one row per run goes to `runs.parquet`.
+
+# %%
+results = grokking.run(P, out_dir)
+tele, summary = results.telemetry, results.summary
+model = tele[tele.scope == "model"].pivot_table(index=["run", "step"], columns="metric", values="value").reset_index()
+model = model.merge(summary[["run", "condition", "seed", "grokked"]], on="run")
+cols = ["condition", "seed", "outcome", "grokked", "grok_step", "final_train_acc", "final_test_acc",
+        "kappa_probe", "kappa_peak", "kappa_final", "kappa_recovery", "kappa_growth"]
+summary[cols].round(3)
+
+# %% [markdown]
+# ## Accuracy: memorisation, then (for some conditions) generalisation
+# Train and test accuracy against step (log axis), one line per seed.
+
+# %%
+acc = model.melt(id_vars=["run", "step", "condition", "seed"], value_vars=["train_acc", "test_acc"],
+                 var_name="split", value_name="accuracy")
+acc = acc[acc.step > 0]
+g = plots.facet_lines(acc, "step", "accuracy", hue="split", col="condition", units="run", logx=True,
+                      col_wrap=3, title="Train vs test accuracy by condition (one line per seed)")
+plots.save(g.figure, out_dir, "accuracy_curves")
+
+# %% [markdown]
+# ## κ trajectories
+# Model-level κ (largest over weight matrices) by condition, and per layer.
+
+# %%
+g = plots.facet_lines(model[model.step > 0], "step", "kappa", hue="condition", col="condition", units="run",
+                      logx=True, logy=True, col_wrap=3, ylabel="κ (max over matrices)",
+                      title="Condition number κ over training")
+plots.save(g.figure, out_dir, "kappa_by_condition")
+
+layers = tele[(tele.metric == "kappa") & (tele.scope != "model") & (tele.step > 0)].copy()
+layers["condition"] = layers.run.str.split("/").str[0]
+g = plots.facet_lines(layers, "step", "value", hue="condition", col="scope", logx=True, logy=True,
+                      ylabel="κ", title="Per-layer κ (mean and range over seeds)")
+plots.save(g.figure, out_dir, "kappa_per_layer")
+
+# %% [markdown]
+# ## κ_recovery against the outcome, and effective rank
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+sns.stripplot(data=summary, x="condition", y="kappa_recovery", hue="grokked", ax=axes[0], size=7, jitter=0.15)
+axes[0].axhline(P.kappa_recovery_alert, ls="--", c="grey", lw=1, label="'stuck' threshold")
+axes[0].set(yscale="log", title="κ_recovery = κ_peak / κ_final", ylabel="κ_recovery")
+axes[0].tick_params(axis="x", rotation=30)
+axes[0].legend(title="grokked", fontsize=8)
+sns.lineplot(data=model[model.step > 0], x="step", y="effective_rank", hue="condition", ax=axes[1],
+             errorbar=("pi", 100))
+axes[1].set(xscale="log", title="Mean effective rank (Roy–Vetterli) of the weight matrices",
+            ylabel="effective rank")
+fig.tight_layout()
+plots.save(fig, out_dir, "kappa_recovery_and_rank")
+
+# %% [markdown]
+# ## The seed's monitoring rules, scored against the outcomes
+# Each alert predicts "will not grok". Hits: alert and no grok; false alarms: alert on a run that grokked.
+
+# %%
+display(summary[["condition", "seed", "grokked", "kappa_growth", "alert_growth", "kappa_recovery", "alert_stuck"]].round(2))
+results.alerts
+
+# %% [markdown]
+# ## Findings vs the seed
+# Verdicts are computed by `gradience.studies.grokking.findings` from the runs above.
+
+# %%
+table = reporting.findings_table(grokking.findings(summary, P))
+metrics = {"conditions": grokking.condition_metrics(summary),
+           "alerts": results.alerts.set_index("rule").to_dict(orient="index"),
+           "findings": table["verdict"].value_counts().to_dict()}
+reporting.write_metrics(out_dir, metrics)
+display(Markdown(table.to_markdown(index=False)))

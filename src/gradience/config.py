@@ -1,0 +1,95 @@
+"""Stage parameters: one section of ``params.yaml`` per stage, validated before any work starts.
+
+Each study declares its section as a :class:`StageParams` subclass; :func:`load_stage_params`
+validates a section and turns every problem (unknown key, wrong type, impossible value) into one
+:class:`ParamsError` that names the key, the value given and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PARAMS_FILE = "params.yaml"
+Profile = Literal["default", "smoke", "paper"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class ParamsError(ValueError):
+    """Invalid parameters; the message lists every problem found."""
+
+
+class Section(BaseModel):
+    """A strict block of params: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StageParams(Section):
+    """Keys every stage has."""
+
+    profile: Profile = "default"
+    device: Device = "cpu"
+    seeds: list[int] = Field(min_length=1)
+    workers: int = Field(default=1, ge=1, le=64, description="parallel runs (processes)")
+
+
+def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path} not found: run from the repository root or pass --params")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path} must hold a mapping of stage sections, got {type(data).__name__}")
+    return data
+
+
+def _model_at(schema: type[BaseModel], path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The (nested) model that owns the key at ``path``, looking through ``list[...]``/unions."""
+    owner: Any = schema
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = owner.model_fields.get(part) if isinstance(owner, type) else None
+        candidates = [field.annotation] if field else []
+        owner = None
+        while candidates:
+            ann = candidates.pop()
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                owner = ann
+                break
+            candidates.extend(get_args(ann))
+    return owner
+
+
+def _describe(err: dict[str, Any], schema: type[BaseModel], stage: str) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    key = f"{stage}.{loc}" if loc else stage
+    if err["type"] == "extra_forbidden":
+        owner = _model_at(schema, err["loc"][:-1])
+        allowed = ", ".join(owner.model_fields) if owner else "see the schema"
+        return f"  {key} = {err['input']!r}: unknown key (allowed: {allowed})"
+    return f"  {key} = {err.get('input')!r}: {err['msg']}"
+
+
+def validate_section(stage: str, schema: type[StageParams], section: Any) -> StageParams:
+    """Validate one stage's section against its schema, or raise :class:`ParamsError`."""
+    if section is None:
+        raise ParamsError(f"params.yaml has no section {stage!r}")
+    try:
+        return schema.model_validate(section)
+    except ValidationError as exc:
+        lines = [_describe(e, schema, stage) for e in exc.errors()]
+        raise ParamsError(f"invalid params for stage {stage!r}:\n" + "\n".join(lines)) from None
+
+
+def load_stage_params(stage: str, section: dict[str, Any] | None = None, path: str | Path = PARAMS_FILE) -> StageParams:
+    """The validated params of ``stage``: from ``section`` if given, else from ``params.yaml``."""
+    from gradience.studies import study
+
+    if section is None:
+        section = read_params_file(path).get(stage)
+    return validate_section(stage, study(stage).Params, section)

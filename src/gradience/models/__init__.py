@@ -1,0 +1,1 @@
+"""Models built from params: MLPs, CNNs and decoder-only transformers."""

@@ -1,0 +1,55 @@
+"""Stage outputs a reader and ``dvc metrics diff`` use: ``metrics.json`` and the findings table."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+Verdict = Literal["reproduced", "not reproduced", "not comparable", "inconclusive"]
+VERDICTS = ("reproduced", "not reproduced", "not comparable", "inconclusive")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, (float, np.floating)):
+        f = float(value)
+        return None if math.isnan(f) else (str(f) if math.isinf(f) else round(f, 6))
+    return value
+
+
+def write_metrics(out_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
+    """``metrics.json`` with sorted keys and 6-decimal floats (NaN → null, ±inf → "inf")."""
+    path = Path(out_dir) / "metrics.json"
+    path.write_text(json.dumps(_clean(metrics), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def mean_spread(values: Iterable[float], fmt: str = "{:,.3g}") -> str:
+    """``mean ± sd (n=k)`` over the finite values; ``—`` when there are none."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return "—"
+    sd = v.std(ddof=1) if v.size > 1 else 0.0
+    return f"{fmt.format(v.mean())} ± {fmt.format(sd)} (n={v.size})"
+
+
+def finding(claim: str, seed: str, measured: str, verdict: Verdict, why: str) -> dict[str, str]:
+    if verdict not in VERDICTS:
+        raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
+    return {"claim": claim, "seed": seed, "measured": measured, "verdict": verdict, "why": why}
+
+
+def findings_table(rows: Iterable[dict[str, str]]) -> pd.DataFrame:
+    """The notebook's closing *Findings vs the seed* table."""
+    return pd.DataFrame(list(rows), columns=["claim", "seed", "measured", "verdict", "why"])

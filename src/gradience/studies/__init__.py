@@ -1,0 +1,15 @@
+"""One module per pipeline stage: ``Params`` (its params.yaml section) and ``run``."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+STAGES = ("grokking",)
+
+
+def study(stage: str) -> ModuleType:
+    """The study module of ``stage``; unknown stages name the known ones."""
+    if stage not in STAGES:
+        raise KeyError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    return importlib.import_module(f"gradience.studies.{stage}")

@@ -1,0 +1,1 @@
+"""Measurements taken during training; metric names are defined once, in :mod:`.glossary`."""
