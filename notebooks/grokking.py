@@ -38,6 +38,7 @@ from gradience.studies import grokking
 
 P = load_stage_params(stage, params)
 plots.set_theme()
+order = {"hue_order": [c.name for c in P.conditions]}
 print(f"profile={P.profile}  steps={P.steps:,}  lr={P.lr:g}  seeds={P.seeds}  model={P.model.kind}")
 
 # %% [markdown]
@@ -63,7 +64,7 @@ acc = model.melt(id_vars=["run", "step", "condition", "seed"], value_vars=["trai
                  var_name="split", value_name="accuracy")
 acc = acc[acc.step > 0]
 g = plots.facet_lines(acc, "step", "accuracy", hue="split", col="condition", units="run", logx=True,
-                      col_wrap=3, title="Train vs test accuracy by condition (one line per seed)")
+                      col_wrap=3, col_order=order["hue_order"], title="Train vs test accuracy by condition (one line per seed)")
 plots.save(g.figure, out_dir, "accuracy_curves")
 
 # %% [markdown]
@@ -73,13 +74,14 @@ plots.save(g.figure, out_dir, "accuracy_curves")
 # %%
 g = plots.facet_lines(model[model.step > 0], "step", "kappa", hue="condition", col="condition", units="run",
                       logx=True, logy=True, col_wrap=3, ylabel="κ (max over matrices)",
+                      col_order=order["hue_order"], **order,
                       title="Condition number κ over training")
 plots.save(g.figure, out_dir, "kappa_by_condition")
 
 layers = tele[(tele.metric == "kappa") & (tele.scope != "model") & (tele.step > 0)].copy()
 layers["condition"] = layers.run.str.split("/").str[0]
 g = plots.facet_lines(layers, "step", "value", hue="condition", col="scope", logx=True, logy=True,
-                      ylabel="κ", title="Per-layer κ (mean and range over seeds)")
+                      ylabel="κ", **order, title="Per-layer κ (mean and range over seeds)")
 plots.save(g.figure, out_dir, "kappa_per_layer")
 
 # %% [markdown]
@@ -87,13 +89,14 @@ plots.save(g.figure, out_dir, "kappa_per_layer")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-sns.stripplot(data=summary, x="condition", y="kappa_recovery", hue="grokked", ax=axes[0], size=7, jitter=0.15)
+sns.stripplot(data=summary, x="condition", y="kappa_recovery", hue="grokked", ax=axes[0], size=7, jitter=0.15,
+              order=order["hue_order"])
 axes[0].axhline(P.kappa_recovery_alert, ls="--", c="grey", lw=1, label="'stuck' threshold")
 axes[0].set(yscale="log", title="κ_recovery = κ_peak / κ_final", ylabel="κ_recovery")
 axes[0].tick_params(axis="x", rotation=30)
 axes[0].legend(title="grokked", fontsize=8)
 sns.lineplot(data=model[model.step > 0], x="step", y="effective_rank", hue="condition", ax=axes[1],
-             errorbar=("pi", 100))
+             errorbar=("pi", 100), **order)
 axes[1].set(xscale="log", title="Mean effective rank (Roy–Vetterli) of the weight matrices",
             ylabel="effective rank")
 fig.tight_layout()

@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from gradience.tasks import modular
+from gradience.tasks import digits, modular, text
 
 
 def build_modular(folder: Path) -> None:
@@ -18,7 +18,11 @@ def build_modular(folder: Path) -> None:
         modular.write_table(p, folder)
 
 
-BUILDERS: dict[str, Callable[[Path], None]] = {"modular": build_modular}
+BUILDERS: dict[str, Callable[[Path], object]] = {
+    "modular": build_modular,
+    "digits": digits.build_digits,
+    "text": text.build_shakespeare,
+}
 
 
 def build(data_dir: str | Path = "data") -> list[Path]:

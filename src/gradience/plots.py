@@ -24,9 +24,13 @@ def save(fig: plt.Figure, out_dir: str | Path, name: str) -> Path:
 
 def facet_lines(data, x: str, y: str, hue: str, col: str, *, logx: bool = False, logy: bool = False,
                 col_wrap: int | None = None, height: float = 3.0, units: str | None = None,
-                title: str = "", ylabel: str | None = None, xlabel: str | None = None) -> sns.FacetGrid:
-    """Small multiples of line plots; ``units`` draws one line per run instead of a mean band."""
-    kw = {"units": units, "estimator": None} if units else {"errorbar": ("pi", 100)}
+                title: str = "", ylabel: str | None = None, xlabel: str | None = None,
+                **kw) -> sns.FacetGrid:
+    """Small multiples of line plots; ``units`` draws one line per run instead of a mean band.
+
+    Extra keywords (``hue_order``, ``col_order``, …) go to :func:`seaborn.relplot`.
+    """
+    kw |= {"units": units, "estimator": None} if units else {"errorbar": ("pi", 100)}
     g = sns.relplot(data=data, x=x, y=y, hue=hue, col=col, kind="line", col_wrap=col_wrap,
                     height=height, aspect=1.3, facet_kws={"sharey": True}, **kw)
     g.set(xscale="log" if logx else "linear", yscale="log" if logy else "linear")

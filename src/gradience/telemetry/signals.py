@@ -1,0 +1,303 @@
+"""Early-warning (critical-slowing-down) statistics of one metric's time series.
+
+Protocol B, hypothesis 2 of seed 001: "grokking is preceded by diverging autocorrelation time".
+The recipe is Dakos et al. (2012, PLoS ONE 7:e41010): detrend, take rolling variance and lag-1
+autocorrelation over a window, measure their trend with Kendall's τ, and judge that τ against
+surrogate series. The maintained implementation, ``ewstools``, pins an old numpy, so the few
+formulas are written here with numpy/scipy/pandas; the integrated autocorrelation time follows
+Sokal (1997, "Monte Carlo methods in statistical mechanics", §3) as in ``emcee.autocorr``.
+
+Conventions:
+
+* A series is 1-D and evenly spaced in step. Telemetry with a mixed cadence (log-spaced early
+  points) should be restricted to its evenly spaced points first. Only :func:`kendall_tau_trend`
+  accepts arbitrary times.
+* ``window`` is a fraction of the series length (float in (0, 1]) or a number of samples (int).
+  Rolling statistics are right-aligned (causal): entry ``i`` uses ``x[i-w+1 .. i]``; the first
+  ``w-1`` entries are NaN.
+* In :func:`lead_lag`, lag ``k > 0`` means ``x`` leads ``y`` by ``k`` samples:
+  ``r(k) = corr(x_t, y_{t+k})``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike
+from scipy import signal, stats
+
+DetrendMethod = Literal["gaussian", "linear", "none"]
+SurrogateKind = Literal["shuffle", "phase"]
+DETREND_METHODS = ("gaussian", "linear", "none")
+SURROGATE_KINDS = ("shuffle", "phase")
+KERNEL_TRUNCATE = 4.0  # Gaussian kernel cut at ±4σ, as scipy.ndimage's default
+SOKAL_C = 5.0
+_CHUNK_ELEMENTS = 1 << 22  # rolling τ: at most ~4M window samples per vectorised FFT batch
+
+
+def _as_series(x: ArrayLike, name: str = "x", min_length: int = 3) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 1 or arr.size < min_length:
+        raise ValueError(
+            f"{name} must be a 1-D series of at least {min_length} values, got shape {arr.shape}"
+        )
+    return arr
+
+
+def window_length(window: float | int, n: int) -> int:
+    """Samples in a window: ``int(window·n)`` for a float fraction in (0, 1], else ``window``."""
+    if isinstance(window, bool) or not isinstance(window, int | float | np.integer | np.floating):
+        raise TypeError(f"window must be a float fraction or an int, got {window!r}")
+    if isinstance(window, float | np.floating):
+        if not 0.0 < window <= 1.0:
+            raise ValueError(f"window fraction must be in (0, 1], got {window}")
+        window = int(window * n)
+    if not 3 <= window <= n:
+        raise ValueError(f"window must span 3..{n} samples (series length {n}), got {window}")
+    return int(window)
+
+
+def detrend(
+    x: ArrayLike, method: DetrendMethod = "gaussian", bandwidth: float = 0.2
+) -> np.ndarray:
+    """Residuals ``x - trend``.
+
+    ``gaussian``: Nadaraya–Watson kernel smoother (Dakos et al. 2012),
+    ``trend_i = Σ_j K(i-j) x_j / Σ_j K(i-j)``, ``K(d) = exp(-d²/2σ²)`` cut at ±4σ, with
+    ``σ = bandwidth·n`` samples (the ``ewstools`` convention; R's ``ksmooth`` bandwidth ``b`` is
+    ``σ ≈ 0.37 b``). It reproduces constants everywhere and straight lines wherever the kernel is
+    not cut by an end. ``linear``: least-squares line. ``none``: ``x`` unchanged.
+    """
+    arr = _as_series(x)
+    if method == "none":
+        return arr.copy()
+    if method == "linear":
+        return signal.detrend(arr, type="linear")
+    if method != "gaussian":
+        raise ValueError(f"detrend method must be one of {DETREND_METHODS}, got {method!r}")
+    if not bandwidth > 0:
+        raise ValueError(f"bandwidth must be a positive fraction of the length, got {bandwidth}")
+    sigma = bandwidth * arr.size
+    half = min(arr.size - 1, int(np.ceil(KERNEL_TRUNCATE * sigma)))
+    offsets = np.arange(-half, half + 1)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    weighted = signal.fftconvolve(arr, kernel, mode="same")
+    weights = signal.fftconvolve(np.ones_like(arr), kernel, mode="same")
+    return arr - weighted / weights
+
+
+def rolling_variance(resid: ArrayLike, window: float | int) -> np.ndarray:
+    """Rolling sample variance ``Σ(x - x̄)² / (w - 1)`` over right-aligned windows."""
+    arr = _as_series(resid)
+    return pd.Series(arr).rolling(window_length(window, arr.size)).var().to_numpy()
+
+
+def rolling_lag1_autocorrelation(resid: ArrayLike, window: float | int) -> np.ndarray:
+    """Rolling lag-1 autocorrelation: Pearson ``corr(x_{t-1}, x_t)`` over the ``w-1`` pairs of a
+    window (``pandas.Series.autocorr``, as ``ewstools``)."""
+    arr = _as_series(resid)
+    series = pd.Series(arr)
+    pairs = window_length(window, arr.size) - 1
+    return series.rolling(pairs).corr(series.shift(1)).to_numpy()
+
+
+def _integrated_times(rows: np.ndarray, c: float) -> np.ndarray:
+    """Sokal's τ for each row of a 2-D array (NaN where the window did not converge)."""
+    n = rows.shape[1]
+    centred = rows - rows.mean(axis=1, keepdims=True)
+    spectrum = np.fft.rfft(centred, n=2 * n, axis=1)  # zero padding: non-circular ACF
+    acov = np.fft.irfft(spectrum * spectrum.conj(), n=2 * n, axis=1)[:, :n]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        taus = 2.0 * np.cumsum(acov / acov[:, :1], axis=1) - 1.0  # τ(M) = 1 + 2 Σ_{k≤M} ρ_k
+        converged = np.arange(n) >= c * taus
+    first = converged.argmax(axis=1)
+    return np.where(converged.any(axis=1), taus[np.arange(len(rows)), first], np.nan)
+
+
+def autocorrelation_time(x: ArrayLike, c: float = SOKAL_C) -> float:
+    """Integrated autocorrelation time ``τ = 1 + 2 Σ_{k=1}^{M} ρ_k``.
+
+    ``ρ_k`` is the biased ACF estimate ``Σ_t (x_t-x̄)(x_{t+k}-x̄) / Σ_t (x_t-x̄)²`` and ``M`` is
+    Sokal's automatic window, the smallest ``M`` with ``M ≥ c·τ(M)`` (``c = 5``). Returns NaN when
+    no such ``M`` exists (series shorter than about ``c·τ``) or the series is constant. For AR(1)
+    with coefficient φ, ``τ = (1+φ)/(1-φ)``.
+    """
+    return float(_integrated_times(_as_series(x)[np.newaxis, :], c)[0])
+
+
+def rolling_autocorrelation_time(
+    resid: ArrayLike, window: float | int, c: float = SOKAL_C
+) -> np.ndarray:
+    """:func:`autocorrelation_time` over right-aligned windows."""
+    arr = _as_series(resid)
+    w = window_length(window, arr.size)
+    rows = np.lib.stride_tricks.sliding_window_view(arr, w)
+    batch = max(1, _CHUNK_ELEMENTS // w)
+    taus = [_integrated_times(rows[i : i + batch], c) for i in range(0, len(rows), batch)]
+    return np.concatenate([np.full(w - 1, np.nan), *taus])
+
+
+def kendall_tau_trend(series: ArrayLike, time: ArrayLike | None = None) -> float:
+    """Kendall's τ-b between a statistic and time (default: its index); NaN pairs dropped.
+
+    τ = +1 for a strictly increasing statistic, −1 for a decreasing one; NaN with < 3 points.
+    """
+    values = _as_series(series, "series", min_length=1)
+    t = np.arange(values.size, dtype=np.float64) if time is None else _as_series(time, "time", 1)
+    if t.shape != values.shape:
+        raise ValueError(f"time has shape {t.shape}, series has shape {values.shape}")
+    keep = np.isfinite(values) & np.isfinite(t)
+    if keep.sum() < 3:
+        return float("nan")
+    return float(stats.kendalltau(t[keep], values[keep]).statistic)
+
+
+@dataclass(frozen=True)
+class LeadLag:
+    """Cross-correlation ``r(k) = corr(x_t, y_{t+k})``; ``k > 0``: x leads y by k samples."""
+
+    lags: np.ndarray
+    correlation: np.ndarray
+    best_lag: int  # the lag of largest |r|
+    best_correlation: float
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    keep = np.isfinite(a) & np.isfinite(b)
+    if keep.sum() < 3:
+        return float("nan")
+    return float(np.corrcoef(a[keep], b[keep])[0, 1])
+
+
+def lead_lag(x: ArrayLike, y: ArrayLike, max_lag: int) -> LeadLag:
+    """Pearson correlation of ``x_t`` with ``y_{t+k}`` over the overlap, ``k = -max_lag..max_lag``.
+
+    Trends dominate cross-correlations: detrend both series first unless the trend is the point.
+    """
+    xs, ys = _as_series(x, "x"), _as_series(y, "y")
+    if xs.shape != ys.shape:
+        raise ValueError(f"x and y must have the same length, got {xs.size} and {ys.size}")
+    if not 0 <= max_lag <= xs.size - 3:
+        raise ValueError(f"max_lag must be in 0..{xs.size - 3}, got {max_lag}")
+    n = xs.size
+    lags = np.arange(-max_lag, max_lag + 1)
+    r = np.array([_pearson(xs[max(0, -k) : n - max(0, k)], ys[max(0, k) : n + min(0, k)])
+                  for k in lags])
+    best = int(np.nanargmax(np.abs(r)))
+    return LeadLag(lags, r, int(lags[best]), float(r[best]))
+
+
+def detect_transition(series: ArrayLike, threshold: float, above: bool = True) -> int | None:
+    """First index from which the series stays ≥ ``threshold`` to its end (≤ if not ``above``).
+
+    Earlier excursions across the threshold are ignored; NaN counts as not crossed. ``None`` when
+    the last value has not crossed.
+    """
+    values = _as_series(series, "series", min_length=1)
+    crossed = values >= threshold if above else values <= threshold
+    if not crossed[-1]:
+        return None
+    misses = np.flatnonzero(~crossed)
+    return int(misses[-1] + 1) if misses.size else 0
+
+
+def _surrogate(x: np.ndarray, kind: SurrogateKind, rng: np.random.Generator) -> np.ndarray:
+    if kind == "shuffle":
+        return rng.permutation(x)
+    spectrum = np.fft.rfft(x)
+    phases = rng.uniform(0.0, 2.0 * np.pi, spectrum.size)
+    phases[0] = 0.0  # keep the mean
+    if x.size % 2 == 0:
+        phases[-1] = 0.0  # the Nyquist coefficient of a real series is real
+    return np.fft.irfft(spectrum * np.exp(1j * phases), n=x.size)
+
+
+def surrogates(
+    x: ArrayLike, n_surrogates: int, kind: SurrogateKind = "phase", seed: int = 0
+) -> Iterator[np.ndarray]:
+    """Null series: ``shuffle`` permutes ``x`` (same values, no autocorrelation); ``phase`` draws
+    uniform Fourier phases (same periodogram and mean, i.e. a stationary linear Gaussian process
+    with the same autocovariance, Theiler et al. 1992)."""
+    arr = _as_series(x)
+    if kind not in SURROGATE_KINDS:
+        raise ValueError(f"surrogate kind must be one of {SURROGATE_KINDS}, got {kind!r}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("surrogates need a finite series; drop or fill NaN/inf first")
+    rng = np.random.default_rng(seed)
+    return (_surrogate(arr, kind, rng) for _ in range(n_surrogates))
+
+
+def surrogate_pvalue(
+    x: ArrayLike,
+    statistic: Callable[[np.ndarray], float],
+    n_surrogates: int = 200,
+    kind: SurrogateKind = "phase",
+    seed: int = 0,
+) -> float:
+    """One-sided p-value ``(1 + #{s ≥ observed}) / (1 + n)`` of ``statistic(x)`` against
+    :func:`surrogates`; surrogates whose statistic is NaN are left out of ``n``."""
+    if n_surrogates < 1:
+        raise ValueError(f"n_surrogates must be ≥ 1, got {n_surrogates}")
+    arr = _as_series(x)
+    observed = statistic(arr)
+    null = np.array([statistic(s) for s in surrogates(arr, n_surrogates, kind, seed)])
+    null = null[np.isfinite(null)]
+    if not np.isfinite(observed):
+        return float("nan")
+    return float((1 + np.sum(null >= observed)) / (1 + null.size))
+
+
+INDICATORS: dict[str, Callable[[ArrayLike, float | int], np.ndarray]] = {
+    "variance": rolling_variance,
+    "lag1_ac": rolling_lag1_autocorrelation,
+    "autocorrelation_time": rolling_autocorrelation_time,
+}
+
+
+def _indicator_trend(resid: np.ndarray, indicator: str, window: float | int) -> float:
+    return kendall_tau_trend(INDICATORS[indicator](resid, window))
+
+
+def early_warning_summary(
+    x: ArrayLike,
+    transition: int | None = None,
+    *,
+    window: float | int = 0.5,
+    bandwidth: float = 0.2,
+    method: DetrendMethod = "gaussian",
+    indicators: Sequence[str] = ("variance", "lag1_ac"),
+    n_surrogates: int = 200,
+    kind: SurrogateKind = "phase",
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Kendall τ of each rolling indicator on ``x[:transition]`` and its surrogate p-value.
+
+    The segment before the transition is detrended (:func:`detrend`), each indicator is computed
+    over ``window`` (a fraction of the segment) and its trend is Kendall's τ against time. The
+    p-value compares τ with the same statistic on surrogates of the residuals (one-sided: rising).
+    Returns one row per indicator: ``indicator, kendall_tau, p_value, n_points, window``.
+    """
+    unknown = sorted(set(indicators) - set(INDICATORS))
+    if unknown:
+        raise ValueError(f"indicators {unknown} unknown; allowed: {sorted(INDICATORS)}")
+    arr = _as_series(x)
+    if transition is not None and not 3 <= transition <= arr.size:
+        raise ValueError(f"transition must be an index in 3..{arr.size}, got {transition}")
+    resid = detrend(arr[:transition], method, bandwidth)
+    w = window_length(window, resid.size)
+    rows = []
+    for name in indicators:
+        statistic = partial(_indicator_trend, indicator=name, window=w)
+        rows.append({
+            "indicator": name,
+            "kendall_tau": statistic(resid),
+            "p_value": surrogate_pvalue(resid, statistic, n_surrogates, kind, seed),
+            "n_points": resid.size,
+            "window": w,
+        })
+    return pd.DataFrame(rows)

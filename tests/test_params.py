@@ -1,0 +1,72 @@
+import pytest
+import yaml
+
+from gradience.config import ParamsError, load_stage_params
+from gradience.profiles import PROFILES, deep_merge, profile_params, render
+from gradience.studies import STAGES
+
+
+def _grokking(**changes):
+    section = profile_params("smoke")["grokking"]
+    return section | changes
+
+
+def test_every_profile_validates_for_every_stage():
+    for name in PROFILES:
+        params = profile_params(name)
+        assert set(params) == set(STAGES)
+        for stage in STAGES:
+            assert load_stage_params(stage, params[stage]).profile == name
+
+
+def test_committed_params_yaml_is_the_default_profile():
+    from conftest import REPO
+
+    with open(f"{REPO}/params.yaml") as f:
+        assert yaml.safe_load(f) == profile_params("default")
+    assert yaml.safe_load(render("default")) == profile_params("default")
+
+
+def test_unknown_key_names_the_key_and_the_allowed_ones():
+    with pytest.raises(ParamsError) as err:
+        load_stage_params("grokking", _grokking(learning_rate=0.1))
+    msg = str(err.value)
+    assert "grokking.learning_rate = 0.1: unknown key" in msg and "lr" in msg
+
+
+def test_nested_unknown_key_lists_the_nested_fields():
+    bad = _grokking(conditions=[{"name": "x", "op": "add", "weight_decay": 1.0, "wd": 2}])
+    with pytest.raises(ParamsError, match=r"grokking.conditions.0.wd = 2: unknown key \(allowed: name, op, weight_decay, role\)"):
+        load_stage_params("grokking", bad)
+
+
+@pytest.mark.parametrize(
+    ("changes", "pattern"),
+    [
+        ({"steps": "many"}, r"grokking.steps = 'many': Input should be a valid integer"),
+        ({"lr": -1.0}, r"grokking.lr = -1.0: Input should be greater than 0"),
+        ({"train_fraction": 1.5}, r"grokking.train_fraction = 1.5: Input should be less than 1"),
+        ({"modulus": 91}, r"grokking.modulus = 91: Value error, must be one of the moduli"),
+        ({"seeds": []}, r"grokking.seeds = \[\]: List should have at least 1 item"),
+        ({"device": "tpu"}, r"grokking.device = 'tpu': Input should be 'auto', 'cpu' or 'cuda'"),
+    ],
+)
+def test_wrong_types_and_impossible_values_are_named(changes, pattern):
+    with pytest.raises(ParamsError, match=pattern):
+        load_stage_params("grokking", _grokking(**changes))
+
+
+def test_missing_section_and_unknown_stage():
+    with pytest.raises(ParamsError, match="no section 'grokking'"):
+        from gradience.config import validate_section
+        from gradience.studies import study
+
+        validate_section("grokking", study("grokking").Params, None)
+    with pytest.raises(KeyError, match="unknown stage 'nope'"):
+        load_stage_params("nope", {})
+
+
+def test_deep_merge_merges_mappings_and_replaces_lists():
+    base = {"a": {"x": 1, "y": [1, 2]}, "b": 2}
+    assert deep_merge(base, {"a": {"y": [3]}}) == {"a": {"x": 1, "y": [3]}, "b": 2}
+    assert base["a"]["y"] == [1, 2]
