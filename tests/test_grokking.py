@@ -72,3 +72,20 @@ def test_findings_verdicts_follow_the_measurements(smoke_params):
     verdicts = {r["claim"]: r["verdict"] for r in grokking.findings(summary, smoke_params)}
     assert verdicts["mul_wd0.1: grokked?"] == "not reproduced"
     assert verdicts["κ at the 10k-step point: addition wd 0.01 above multiplication wd 0.1"] == "not reproduced"
+
+
+def test_paper_profile_transformer_path_trains_on_cpu(smoke_params, data_dir, tmp_path):
+    """The paper profile's model class (a Llama-architecture decoder from transformers), tiny."""
+    from gradience.config import load_stage_params
+
+    paper = profile_params("paper")["grokking"]
+    assert paper["model"]["kind"] == "transformer" and paper["device"] == "auto"
+    tiny = smoke_params.model_dump() | {
+        "device": "auto", "steps": 8, "conditions": smoke_params.model_dump()["conditions"][:1],
+        "model": {"kind": "transformer", "d_embed": 16, "d_hidden": 32, "n_layers": 1, "n_heads": 2},
+    }
+    p = load_stage_params("grokking", tiny)
+    res = grokking.run(p, tmp_path, data_dir)
+    scopes = set(res.telemetry["scope"])
+    assert any("q_proj" in s for s in scopes) and any("down_proj" in s for s in scopes)
+    assert res.summary["outcome"].tolist() == ["completed"]

@@ -70,3 +70,10 @@ def test_deep_merge_merges_mappings_and_replaces_lists():
     base = {"a": {"x": 1, "y": [1, 2]}, "b": 2}
     assert deep_merge(base, {"a": {"y": [3]}}) == {"a": {"x": 1, "y": [3]}, "b": 2}
     assert base["a"]["y"] == [1, 2]
+
+
+def test_unknown_section_in_params_file_is_named(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(profile_params("smoke") | {"grokin": {"steps": 1}}))
+    with pytest.raises(ParamsError, match=r"unknown sections \['grokin'\]"):
+        load_stage_params("grokking", path=path)

@@ -88,8 +88,12 @@ def validate_section(stage: str, schema: type[StageParams], section: Any) -> Sta
 
 def load_stage_params(stage: str, section: dict[str, Any] | None = None, path: str | Path = PARAMS_FILE) -> StageParams:
     """The validated params of ``stage``: from ``section`` if given, else from ``params.yaml``."""
-    from gradience.studies import study
+    from gradience.studies import STAGES, study
 
     if section is None:
-        section = read_params_file(path).get(stage)
+        sections = read_params_file(path)
+        unknown = sorted(set(sections) - set(STAGES))
+        if unknown:
+            raise ParamsError(f"{path}: unknown sections {unknown}; stages: {', '.join(STAGES)}")
+        section = sections.get(stage)
     return validate_section(stage, study(stage).Params, section)

@@ -62,9 +62,7 @@ def window_length(window: float | int, n: int) -> int:
     return int(window)
 
 
-def detrend(
-    x: ArrayLike, method: DetrendMethod = "gaussian", bandwidth: float = 0.2
-) -> np.ndarray:
+def detrend(x: ArrayLike, method: DetrendMethod = "gaussian", bandwidth: float = 0.2) -> np.ndarray:
     """Residuals ``x - trend``.
 
     ``gaussian``: Nadaraya–Watson kernel smoother (Dakos et al. 2012),
@@ -107,25 +105,25 @@ def rolling_lag1_autocorrelation(resid: ArrayLike, window: float | int) -> np.nd
 
 
 def _integrated_times(rows: np.ndarray, c: float) -> np.ndarray:
-    """Sokal's τ for each row of a 2-D array (NaN where the window did not converge)."""
+    """Sokal's τ for each row of a 2-D array (NaN for a constant row)."""
     n = rows.shape[1]
     centred = rows - rows.mean(axis=1, keepdims=True)
     spectrum = np.fft.rfft(centred, n=2 * n, axis=1)  # zero padding: non-circular ACF
     acov = np.fft.irfft(spectrum * spectrum.conj(), n=2 * n, axis=1)[:, :n]
     with np.errstate(invalid="ignore", divide="ignore"):
         taus = 2.0 * np.cumsum(acov / acov[:, :1], axis=1) - 1.0  # τ(M) = 1 + 2 Σ_{k≤M} ρ_k
-        converged = np.arange(n) >= c * taus
-    first = converged.argmax(axis=1)
-    return np.where(converged.any(axis=1), taus[np.arange(len(rows)), first], np.nan)
+        window = (np.arange(n) >= c * taus).argmax(axis=1)
+    return taus[np.arange(len(rows)), window]
 
 
 def autocorrelation_time(x: ArrayLike, c: float = SOKAL_C) -> float:
     """Integrated autocorrelation time ``τ = 1 + 2 Σ_{k=1}^{M} ρ_k``.
 
     ``ρ_k`` is the biased ACF estimate ``Σ_t (x_t-x̄)(x_{t+k}-x̄) / Σ_t (x_t-x̄)²`` and ``M`` is
-    Sokal's automatic window, the smallest ``M`` with ``M ≥ c·τ(M)`` (``c = 5``). Returns NaN when
-    no such ``M`` exists (series shorter than about ``c·τ``) or the series is constant. For AR(1)
-    with coefficient φ, ``τ = (1+φ)/(1-φ)``.
+    Sokal's automatic window, the smallest ``M`` with ``M ≥ c·τ(M)`` (``c = 5``). Such an ``M``
+    always exists: the biased ACF of a centred series sums to zero over all lags, so
+    ``τ(n-1) = 0``. A series shorter than about ``50·τ`` (emcee's rule) therefore still gets a
+    number, biased low. NaN for a constant series. AR(1) with coefficient φ: ``τ = (1+φ)/(1-φ)``.
     """
     return float(_integrated_times(_as_series(x)[np.newaxis, :], c)[0])
 
@@ -186,8 +184,9 @@ def lead_lag(x: ArrayLike, y: ArrayLike, max_lag: int) -> LeadLag:
         raise ValueError(f"max_lag must be in 0..{xs.size - 3}, got {max_lag}")
     n = xs.size
     lags = np.arange(-max_lag, max_lag + 1)
-    r = np.array([_pearson(xs[max(0, -k) : n - max(0, k)], ys[max(0, k) : n + min(0, k)])
-                  for k in lags])
+    r = np.array(
+        [_pearson(xs[max(0, -k) : n - max(0, k)], ys[max(0, k) : n + min(0, k)]) for k in lags]
+    )
     best = int(np.nanargmax(np.abs(r)))
     return LeadLag(lags, r, int(lags[best]), float(r[best]))
 
@@ -293,11 +292,13 @@ def early_warning_summary(
     rows = []
     for name in indicators:
         statistic = partial(_indicator_trend, indicator=name, window=w)
-        rows.append({
-            "indicator": name,
-            "kendall_tau": statistic(resid),
-            "p_value": surrogate_pvalue(resid, statistic, n_surrogates, kind, seed),
-            "n_points": resid.size,
-            "window": w,
-        })
+        rows.append(
+            {
+                "indicator": name,
+                "kendall_tau": statistic(resid),
+                "p_value": surrogate_pvalue(resid, statistic, n_surrogates, kind, seed),
+                "n_points": resid.size,
+                "window": w,
+            }
+        )
     return pd.DataFrame(rows)
