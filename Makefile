@@ -27,11 +27,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -c $(VENV)/constraints.txt -e ".[dev]"
 	touch $@
 
-# Rebuild data/ byte for byte, check it against the hash in data.dvc, then cache it for DVC.
+# Rebuild data/ byte for byte, check it against the hash in data.dvc, and cache it for DVC.
 data: setup
-	gradience data
-	dvc status data.dvc --quiet || { echo "data/ rebuilt but differs from data.dvc" >&2; exit 1; }
-	dvc commit --force --quiet data.dvc
+	gradience data --verify
 
 lint: setup
 	ruff check src tests notebooks benchmarks

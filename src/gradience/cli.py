@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     prof.add_argument("--params", default=PARAMS_FILE)
     data = sub.add_parser("data", help="rebuild data/ deterministically")
     data.add_argument("--out", default="data")
+    data.add_argument("--verify", action="store_true", help="check the rebuilt folder against data.dvc")
     sub.add_parser("stages", help="list the stages")
     args = parser.parse_args(argv)
     try:
@@ -54,10 +55,16 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(f"wrote {write_profile(args.name, args.params)} (profile {args.name})")
     elif args.command == "data":
-        from gradience.data import build
+        from gradience.data import DataMismatch, build, verify
 
         files = build(args.out)
         print(f"wrote {len(files)} files under {args.out}/")
+        if args.verify:
+            try:
+                print(f"{args.out}/ matches data.dvc (md5 {verify(args.out)})")
+            except DataMismatch as exc:
+                print(f"gradience: {exc}", file=sys.stderr)
+                return 1
     elif args.command == "stages":
         from gradience.studies import STAGES
 

@@ -37,6 +37,8 @@ class TrainConfig:
     warmup_steps: int = 0
     seed: int = 0
     eval_max_examples: int = 0  # 0: evaluate on the whole split
+    optimizer: str = "adamw"  # "adamw" | "sgd" (SGD: plain or heavy-ball; GD when full batch)
+    momentum: float = 0.0  # SGD only
 
 
 @dataclass
@@ -119,6 +121,14 @@ def record_weight_spectra(step: int, model: nn.Module, recorder: Recorder, snaps
         recorder.log(step, MODEL_SCOPE, "effective_rank", sum(eff_ranks) / len(eff_ranks))
 
 
+def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
+
+
 def _lr_at(step: int, cfg: TrainConfig) -> float:
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -149,11 +159,14 @@ def train(
     device: str = "cpu",
     progress: bool = False,
     stop: Callable[[Recorder | None, int], bool] | None = None,
+    lr_schedule: Callable[[int], float] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place with AdamW and record telemetry at ``cadence`` steps.
+    """Train ``model`` in place (AdamW, or SGD) and record telemetry at ``cadence`` steps.
 
     ``spectra_every``: store full singular-value snapshots at every n-th cadence point (0: never).
     ``stop(recorder, step)`` may end the run early (e.g. once a run has clearly converged).
+    ``lr_schedule(step)`` multiplies the learning rate of update ``step + 1`` (after warm-up), e.g.
+    a learning-rate spike; ``None`` keeps it constant.
     A non-finite loss or gradient ends the run with outcome ``diverged``, recorded as the
     ``diverged`` metric; it never raises.
     """
@@ -163,7 +176,7 @@ def train(
     split = split.to(dev)
     generator = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    opt = _optimizer(params, cfg)
     batches = _batches(split.x_train.shape[0], cfg.batch_size, generator, dev)
     cadence = cadence or Cadence(every=max(1, cfg.steps // 100), total_steps=cfg.steps)
     cadence_index = 0
@@ -178,7 +191,7 @@ def train(
         if step == cfg.steps or (stop is not None and measuring and stop(recorder, step)):
             result.steps_run = step
             break
-        lr = _lr_at(step, cfg)
+        lr = _lr_at(step, cfg) * (lr_schedule(step) if lr_schedule is not None else 1.0)
         for group in opt.param_groups:
             group["lr"] = lr
         idx = next(batches)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-STAGES = ("grokking",)
+STAGES = ("grokking", "rank_survey", "hessian_coevolution", "fisher_geometry", "grokking_transition")
 
 
 def study(stage: str) -> ModuleType:

@@ -21,10 +21,40 @@ GLOSSARY: dict[str, str] = {
     "train_acc": "accuracy over the training split",
     "test_acc": "accuracy over the test split",
     "batch_loss": "loss of the batch that produces the next update",
-    "grad_norm": "global L2 norm of that batch's gradient (before clipping)",
+    "grad_norm": "global L2 norm of that batch's gradient (before clipping). At a weight matrix's scope: "
+                 "‖∂L/∂W‖_F (telemetry/gradients.py)",
+    # gradient statistics (telemetry/gradients.py)
+    "grad_cosine": "cosine between the gradient at this measured step and at the previous measured step "
+                   "(one cadence interval earlier); per weight matrix and at scope `model` over all parameters",
+    "grad_noise_scale": "B_simple = tr Σ / ‖G‖² (McCandlish et al. 2018): Σ the per-example gradient "
+                        "covariance (fixed training subsample), G the full-batch gradient",
+    "grad_noise_trace": "tr Σ, the unbiased per-example gradient variance summed over parameters (subsample)",
     "weight_norm": "global L2 norm of all trainable parameters",
     "lr": "learning rate used for the next update",
     "diverged": "1 at the step where the loss or gradient became non-finite (the run stops there)",
+    # Hessian probe on a fixed measurement batch (telemetry/probes.py, telemetry/curvature.py)
+    "hessian_top{i}": "i-th largest (algebraic) Hessian eigenvalue, ARPACK Lanczos on torch.func HVPs",
+    "hessian_lambda_max": "hessian_top1, the sharpness",
+    "hessian_trace": "Hutchinson estimate of tr H (mean of zᵀHz over Rademacher probes z)",
+    "hessian_trace_stderr": "standard error of hessian_trace: std(zᵀHz) / √(probes)",
+    "edge_2_over_lr": "2/η, the edge of stability of full-batch gradient descent at the next update's η",
+    "sharpness_over_edge": "λ_max·η/2: ≥ 1 means at or past the edge of stability (GD)",
+    "hessian_n_hvp": "Hessian-vector products spent on the measurement (Lanczos + Hutchinson)",
+    "hessian_failed": "1 when Lanczos could not run (non-finite HVPs of a blown-up model); values are nan",
+    # Fisher probe, per kind: prefix emp_ (observed labels) or true_ (labels sampled from the model)
+    "{emp,true}_fisher_top{i}": "i-th eigenvalue of F = GᵀG/n, G the per-sample gradients (n × n Gram trick)",
+    "{emp,true}_fisher_trace": "tr F",
+    "{emp,true}_fisher_trace_sq": "tr F²",
+    "{emp,true}_fisher_eff_dim": "participation ratio (tr F)² / tr F² (low = anisotropic)",
+    "{emp,true}_fisher_kappa_k": "λ₁/λ_k of F (k = top_k; F has rank ≤ n, so its full κ is infinite)",
+    "{emp,true}_fisher_alpha": "power-law exponent of √λ_i ∝ i^-α over F's non-zero eigenvalues (like `alpha`)",
+    "{emp,true}_ng_alignment@δ": "cos(∇L, (F + λI)⁻¹∇L) at relative damping λ = δ·λ₁(F), ∇L at observed labels",
+    "{emp,true}_fisher_overlap": "share of F's top eigenvector (its block in W) inside span{u_i v_jᵀ: i, j ≤ r} "
+                                 "of W's top singular pairs; at scope `model`, energy-weighted over matrices",
+    "{emp,true}_fisher_overlap_chance": "expected fisher_overlap of a random direction, Σ (r²/mn)‖B‖² / Σ ‖B‖²",
+    "{emp,true}_fisher_overlap_enrichment": "fisher_overlap / fisher_overlap_chance (1 = chance)",
+    "blew_up": "1 where the training loss exceeded blowup_factor × its step-0 value (the run stops there; "
+               "studies/lm_regimes.py)",
 }
 
 

@@ -1,0 +1,288 @@
+"""Character-level language modelling under stable / marginal / unstable training (Protocols A, C).
+
+Shared by :mod:`~gradience.studies.hessian_coevolution` and :mod:`~gradience.studies.fisher_geometry`.
+
+- Task: :func:`gradience.tasks.text.char_lm_split` windows of a corpus (``data/text/<corpus>.txt``
+  offline, or a ``datasets`` corpus such as ``tiny_shakespeare`` in the paper profile).
+- Model: :func:`gradience.models.transformer.tiny_llama` in :class:`CausalLM`, with *eager*
+  attention: PyTorch's fused CPU attention kernel has neither a forward-mode nor a double-backward
+  derivative, and both Hessian-vector products and per-sample gradients need one.
+- Optimiser: full-batch gradient descent (``optimizer: sgd``, ``batch_size`` 0). For GD the edge of
+  stability is exactly λ_max(H) = 2/η (Cohen et al. 2021), so the regimes are defined against it;
+  with Adam the threshold applies to the preconditioned Hessian, which the probes do not see.
+- Learning rates are absolute, or (``lr_unit: initial_edge``) fractions of the initial edge
+  2/λ_max(θ₀), which carries a regime across model sizes; every run records λ_max(θ₀) and η.
+- Regimes: ``stable`` (small η, gradient clipping), ``marginal`` (η for which progressive
+  sharpening brings λ_max to 2/η within the run), ``unstable`` (η too high: here a linear ramp
+  of η up to a value far past the edge, ``ramp: true``, so the run approaches instability
+  gradually and its lead-up is observable).
+- Divergence is an outcome: the training loop stops at a non-finite loss or gradient
+  (``diverged``); this module also stops a run whose training loss exceeds ``blowup_factor`` × its
+  value at step 0 (``blew_up``: GD on a transformer often overflows to a finite but meaningless
+  state first). Both count as divergence in the analyses; the step is ``diverged_at``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from gradience.config import Section
+from gradience.models.transformer import CausalLM, tiny_llama
+from gradience.provenance import git_revision, library_versions
+from gradience.tasks import Split
+from gradience.tasks.text import HUB_CORPORA, char_lm_split, load_corpus
+from gradience.telemetry import curvature, signals
+from gradience.telemetry.recorder import MODEL_SCOPE, Cadence, Recorder
+from gradience.training import Probe, TrainConfig, resolve_device, train
+
+RegimeKind = Literal["stable", "marginal", "unstable"]
+DIVERGED_OUTCOMES = ("diverged", "blew_up")
+MATRIX_SUMMARIES = {"spectral_norm_max": ("spectral_norm", "max"), "stable_rank_mean": ("stable_rank", "mean"),
+                    "alpha_mean": ("alpha", "mean")}  # model-level column → (per-matrix metric, aggregate)
+
+
+class LMModel(Section):
+    d_model: int = Field(ge=2)
+    n_layers: int = Field(ge=1)
+    n_heads: int = Field(ge=1)
+    d_mlp: int = Field(ge=1)
+
+
+class Regime(Section):
+    name: str
+    kind: RegimeKind
+    lr: float = Field(gt=0, description="learning rate η (the peak of the ramp when ramp is true)")
+    lr_unit: Literal["absolute", "initial_edge"] = Field(
+        default="absolute", description="initial_edge: η = lr · 2/λ_max(θ₀), λ_max on the training set at init")
+    ramp: bool = Field(default=False, description="η rises linearly from η/steps to η over the run")
+    grad_clip: float = Field(default=0.0, ge=0, description="global-norm clipping; 0: none")
+
+
+class LMData(Section):
+    corpus: str = Field(description="data/text/<corpus>.txt, or a datasets corpus (paper profile)")
+    context: int = Field(ge=2, le=4096)
+    n_train: int = Field(ge=2, description="training windows; GD uses all of them every step")
+    n_test: int = Field(ge=1)
+
+    @field_validator("corpus")
+    @classmethod
+    def _known_corpus(cls, v: str) -> str:
+        if v not in HUB_CORPORA and not v.isidentifier():
+            raise ValueError(f"must be a file stem under data/text/ or one of {sorted(HUB_CORPORA)}")
+        return v
+
+
+def unique_regimes(regimes: list[Regime]) -> list[Regime]:
+    names = [r.name for r in regimes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"regime names must be unique, got {names}")
+    return regimes
+
+
+def lm_split(data_dir: str | Path, data: LMData, seed: int) -> tuple[Split, int]:
+    """The seeded window split and the vocabulary size."""
+    split, vocab = char_lm_split(load_corpus(Path(data_dir), data.corpus), data.context,
+                                 data.n_train, data.n_test, seed)
+    return split, len(vocab)
+
+
+def build_model(vocab: int, m: LMModel, context: int, seed: int) -> CausalLM:
+    torch.manual_seed(seed)
+    lm = tiny_llama(vocab, m.d_model, m.n_layers, m.n_heads, m.d_mlp, max_len=context)
+    lm.set_attn_implementation("eager")
+    return CausalLM(lm)
+
+
+def initial_sharpness(model: torch.nn.Module, split: Split, tol: float = 1e-3) -> float:
+    """λ_max of the training-set Hessian at the current θ (Lanczos, top 1)."""
+    loss_fn, theta = curvature.make_loss_fn(model, (split.x_train, split.y_train))
+    return float(curvature.lanczos_top_eigenvalues(curvature.hessian_operator(loss_fn, theta), k=1, tol=tol).values[0])
+
+
+def blowup_stop(factor: float) -> Callable[[Recorder | None, int], bool]:
+    """Stop when the training loss exceeds ``factor`` × its value at step 0 (or is not finite)."""
+    def stop(recorder: Recorder | None, step: int) -> bool:
+        if recorder is None:
+            return False
+        df = recorder.frame()
+        loss = df[(df.scope == MODEL_SCOPE) & (df.metric == "train_loss")].set_index("step")["value"]
+        return bool(step > 0 and not loss[step] <= factor * loss[0])
+
+    return stop
+
+
+@dataclass(frozen=True)
+class RegimeRun:
+    """One (regime, seed) run of a stage whose params carry ``data``, ``model``, ``steps``…"""
+
+    params: object  # the stage's Params (pydantic; pickles for the process pool)
+    regime: Regime
+    seed: int
+    data_dir: str
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.regime.name}/s{self.seed}"
+
+
+def train_regime(job: RegimeRun, probes: Sequence[Probe], spectra_every: int = 0
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Train one regime × seed with the stage's probes; telemetry, spectra and the run record."""
+    p, r = job.params, job.regime
+    device = resolve_device(p.device)
+    split, vocab = lm_split(job.data_dir, p.data, job.seed)
+    split = split.to(device)
+    model = build_model(vocab, p.model, p.data.context, job.seed).to(device)
+    lambda0 = initial_sharpness(model, split)
+    lr = r.lr * 2.0 / lambda0 if r.lr_unit == "initial_edge" else r.lr
+    cfg = TrainConfig(steps=p.steps, lr=lr, batch_size=0, grad_clip=r.grad_clip, seed=job.seed,
+                      warmup_steps=p.steps if r.ramp else 0, optimizer="sgd")
+    recorder = Recorder(job.run_id)
+    result = train(model, split, cfg, recorder=recorder, cadence=Cadence(p.cadence_every, p.steps),
+                   probes=probes, spectra_every=spectra_every, device=p.device,
+                   stop=blowup_stop(p.blowup_factor))
+    outcome, at = result.outcome, result.diverged_at
+    if outcome == "completed" and result.steps_run < p.steps:
+        outcome, at = "blew_up", result.steps_run
+        recorder.log(at, MODEL_SCOPE, "blew_up", 1.0)
+    record = {
+        "run": job.run_id, "regime": r.name, "kind": r.kind, "seed": job.seed, "lr": lr, "lr_param": r.lr,
+        "lr_unit": r.lr_unit, "lambda_max_init": lambda0, "lr_over_initial_edge": lr * lambda0 / 2.0, "ramp": r.ramp,
+        "grad_clip": r.grad_clip, "optimizer": "GD (SGD, full batch, no momentum)",
+        "task": f"char_lm:{p.data.corpus}", "data": p.data.model_dump_json(),
+        "model": p.model.model_dump_json(), "steps": p.steps, "cadence_every": p.cadence_every,
+        "blowup_factor": p.blowup_factor, "profile": p.profile, "device": str(device),
+        "git_rev": git_revision(), "versions": str(library_versions()), "outcome": outcome,
+        "diverged_at": float(at) if at is not None else math.nan,
+        "n_params": sum(q.numel() for q in model.parameters()),
+    }
+    return recorder.frame(), recorder.spectra_frame(), record
+
+
+def model_table(telemetry: pd.DataFrame) -> pd.DataFrame:
+    """Model-scope telemetry, one row per ``run, step``, plus weight summaries over matrices:
+    ``spectral_norm_max``, ``stable_rank_mean``, ``alpha_mean`` (the loop already logs ``kappa`` =
+    max and ``effective_rank`` = mean)."""
+    model = telemetry[telemetry.scope == MODEL_SCOPE].pivot_table(
+        index=["run", "step"], columns="metric", values="value", aggfunc="first")
+    per = telemetry[telemetry.scope != MODEL_SCOPE]
+    for column, (metric, how) in MATRIX_SUMMARIES.items():
+        model[column] = per[per.metric == metric].groupby(["run", "step"])["value"].agg(how)
+    return model.reset_index()
+
+
+def pre_divergence(w: pd.DataFrame, diverged_at: float) -> pd.DataFrame:
+    """The rows of one run strictly before its divergence step (all rows if it never diverged)."""
+    return w if not np.isfinite(diverged_at) else w[w.step < diverged_at]
+
+
+class CouplingParams(Section):
+    """How two metric series of one run are cross-correlated and tested (:func:`coupling_test`)."""
+
+    max_lag: int = Field(ge=0, description="cadence points")
+    detrend: Literal["gaussian", "linear", "none"] = "gaussian"
+    bandwidth: float = Field(default=0.2, gt=0, le=1, description="Gaussian detrend σ as a fraction of the series")
+    surrogates: int = Field(ge=19)
+    surrogate_kind: Literal["phase", "shuffle"] = "phase"
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    min_points: int = Field(default=12, ge=6, description="shorter pre-divergence series are not tested")
+
+    @model_validator(mode="after")
+    def _enough_points(self) -> CouplingParams:
+        if self.min_points < 2 * self.max_lag + 3:
+            raise ValueError(f"min_points={self.min_points} must be ≥ 2·max_lag + 3 = {2 * self.max_lag + 3}")
+        return self
+
+
+def prepare_series(values: np.ndarray, c: CouplingParams) -> np.ndarray:
+    """log10 when every value is positive (spectral metrics span decades), then detrended."""
+    v = np.log10(values) if np.all(values > 0) else values
+    return signals.detrend(v, c.detrend, c.bandwidth)
+
+
+def max_abs_cross_correlation(X: np.ndarray, y: np.ndarray, max_lag: int) -> np.ndarray:
+    """max_k |corr(x_t, y_{t+k})| over |k| ≤ ``max_lag`` for every row x of ``X`` (``[m, n]``).
+
+    The same overlaps and Pearson correlation as :func:`signals.lead_lag`, vectorised over rows
+    so that hundreds of surrogates cost one pass (``lead_lag`` takes one series at a time).
+    """
+    X = np.atleast_2d(X)
+    n = X.shape[1]
+    best = np.zeros(X.shape[0])
+    for k in range(-max_lag, max_lag + 1):
+        a = X[:, max(0, -k): n - max(0, k)]
+        b = y[max(0, k): n + min(0, k)]
+        a = a - a.mean(axis=1, keepdims=True)
+        b = b - b.mean()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = (a @ b) / np.sqrt((a * a).sum(axis=1) * (b @ b))
+        best = np.fmax(best, np.abs(r))
+    return best
+
+
+def coupling_test(x: np.ndarray, y: np.ndarray, c: CouplingParams, seed: int = 0) -> dict[str, float]:
+    """Cross-correlation of the prepared series and its surrogate p-value.
+
+    r(k) = corr(x_t, y_{t+k}) for |k| ≤ ``max_lag`` (k > 0: x leads). Returns ``n``, ``best_lag``
+    (largest |r|), ``best_r``, ``r_lag0`` and ``p_value``: the one-sided surrogate p of
+    max_k |r(k)| against ``surrogates`` surrogates of x, (1 + #{null ≥ observed}) / (1 + m) as in
+    :func:`signals.surrogate_pvalue` (same surrogates for the same seed; vectorised here).
+    NaN values when fewer than ``min_points`` finite pairs remain or a series is constant.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    out = {"n": float(x.size), "best_lag": math.nan, "best_r": math.nan, "r_lag0": math.nan, "p_value": math.nan}
+    if x.size < c.min_points or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return out
+    xr, yr = prepare_series(x, c), prepare_series(y, c)
+    res = signals.lead_lag(xr, yr, c.max_lag)
+    null = max_abs_cross_correlation(np.stack(list(signals.surrogates(xr, c.surrogates, c.surrogate_kind, seed))),
+                                     yr, c.max_lag)
+    observed = float(np.nanmax(np.abs(res.correlation)))
+    p = float((1 + np.sum(null >= observed)) / (1 + null.size))  # as signals.surrogate_pvalue
+    return out | {"best_lag": float(res.best_lag), "best_r": res.best_correlation,
+                  "r_lag0": float(res.correlation[c.max_lag]), "p_value": p}
+
+
+def coupling_table(series: pd.DataFrame, runs: pd.DataFrame, pairs: Sequence[tuple[str, str]],
+                   c: CouplingParams, cadence_every: int) -> pd.DataFrame:
+    """Every run × pair: :func:`coupling_test` on the pre-divergence series; ``lead_steps`` =
+    best_lag × cadence, ``significant`` (p < α), ``significant_bonferroni`` (p < α / #pairs)."""
+    rows = []
+    for rec in runs.itertuples():
+        w = pre_divergence(series[series.run == rec.run], rec.diverged_at)
+        for a, b in pairs:
+            if a not in w or b not in w:
+                continue
+            res = coupling_test(w[a].to_numpy(), w[b].to_numpy(), c, seed=int(rec.seed))
+            rows.append({"run": rec.run, "regime": rec.regime, "kind": rec.kind, "seed": rec.seed,
+                         "x_metric": a, "y_metric": b, **res})
+    t = pd.DataFrame(rows)
+    t["lead_steps"] = t["best_lag"] * cadence_every
+    t["significant"] = t["p_value"] < c.alpha
+    t["significant_bonferroni"] = t["p_value"] < c.alpha / max(1, len(pairs))
+    t["direction"] = np.select([t.best_lag > 0, t.best_lag < 0], ["x leads", "y leads"], "synchronous")
+    t.loc[t.best_lag.isna(), "direction"] = "untested"
+    return t
+
+
+def cross_correlations(series: pd.DataFrame, runs: pd.DataFrame, x: str, y: str, c: CouplingParams) -> pd.DataFrame:
+    """r(k) of one pair for every run long enough (pre-divergence, prepared): ``run, lag, r``."""
+    rows = []
+    for rec in runs.itertuples():
+        w = pre_divergence(series[series.run == rec.run], rec.diverged_at)[[x, y]].dropna()
+        if len(w) < c.min_points:
+            continue
+        res = signals.lead_lag(prepare_series(w[x].to_numpy(), c), prepare_series(w[y].to_numpy(), c), c.max_lag)
+        rows += [{"run": rec.run, "lag": int(k), "r": float(r)} for k, r in zip(res.lags, res.correlation, strict=True)]
+    return pd.DataFrame(rows, columns=["run", "lag", "r"])

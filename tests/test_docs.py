@@ -1,0 +1,15 @@
+from pathlib import Path
+
+from conftest import REPO
+from gradience.telemetry.glossary import markdown
+
+
+def test_readme_carries_the_glossary_defined_in_code():
+    assert markdown() in Path(REPO, "README.md").read_text()
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = Path(REPO, "README.md").read_text()
+    assert "make test" in readme
+    ci = [line for line in Path(REPO, ".ci/run").read_text().splitlines() if line and not line.startswith(("#", "set", "cd"))]
+    assert ci == ["make test"]
