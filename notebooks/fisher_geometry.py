@@ -90,7 +90,8 @@ eig = first.melt(id_vars=["regime", "step"], value_vars=top, var_name="eigenvalu
 eig["i"] = eig.eigenvalue.str.replace("fisher_top", "").astype(int)
 fig, axes = plt.subplots(1, len(order) + 1, figsize=(4.3 * (len(order) + 1), 3.8))
 for ax, name in zip(axes, order, strict=False):
-    sns.lineplot(data=eig[eig.regime == name], x="step", y="λ", hue="i", palette="viridis", ax=ax, legend=ax is axes[0])
+    sns.lineplot(data=eig[eig.regime == name], x="step", y="λ", hue="i", palette="viridis", ax=ax,
+                 legend="full" if ax is axes[0] else False)
     ax.set(yscale="log", title=f"{name}: top eigenvalues of F ({A.kind})", ylabel="eigenvalue")
 sns.lineplot(data=live, x="step", y="fisher_eff_dim", hue="regime", units="seed", estimator=None, hue_order=order, ax=axes[-1])
 axes[-1].set(title="Participation ratio (tr F)² / tr F²", ylabel="effective dimension", yscale="log")
@@ -113,12 +114,13 @@ sns.lineplot(data=alpha, x="step", y="α", hue="regime", style="spectrum", units
 axes[0].set(title="Power-law decay exponents", ylabel="α")
 axes[0].legend(fontsize=7, ncol=2)
 thresholds = {m: fg.alignment_threshold(summary, m) for m in fg.ALIGNMENTS}
+titles = {"share": "A(t): share of tr F in W's top singular subspace", "overlap": "A(t): F's top eigenvector in it"}
 for ax, (measure, col) in zip(axes[1:], fg.ALIGNMENTS.items(), strict=True):
     sns.lineplot(data=live[live.step >= A.from_step], x="step", y=col, hue="regime", units="seed", estimator=None,
                  hue_order=order, ax=ax, lw=1)
     ax.axhline(1.0, ls="--", c="grey", lw=1, label="chance")
     ax.axhline(thresholds[measure]["threshold"], ls=":", c="k", lw=1, label="T (stable minimum)")
-    ax.set(yscale="log", title=f"A(t), {measure}: {fg.ALIGNMENT_NAMES[measure][:38]}…", ylabel="enrichment over chance")
+    ax.set(yscale="log", title=titles[measure], ylabel="enrichment over chance")
     ax.legend(fontsize=7)
 fig.tight_layout()
 plots.save(fig, out_dir, "fisher_vs_weights")

@@ -113,7 +113,7 @@ for ax, name in zip(axes, order, strict=False):
                  legend="full" if ax is axes[0] else False)
     ax.plot(first[first.regime == name].step, 2 / first[first.regime == name].lr, "k--", lw=1, label="2/η")
     ax.set(yscale="symlog", title=f"{name}: top-{P.hessian.top_k} Hessian eigenvalues", ylabel="eigenvalue")
-axes[0].legend(title="i", fontsize=7, ncol=2)
+axes[0].legend(title="i", fontsize=7, ncol=2, loc="lower right")
 ax = axes[-1]
 for name in order:
     g = first[first.regime == name]

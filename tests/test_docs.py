@@ -13,3 +13,10 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert "make test" in readme
     ci = [line for line in Path(REPO, ".ci/run").read_text().splitlines() if line and not line.startswith(("#", "set", "cd"))]
     assert ci == ["make test"]
+
+
+def test_glossary_patterns_cover_numbered_and_prefixed_names():
+    from gradience.telemetry.glossary import undefined
+
+    assert undefined({"kappa", "hessian_top10", "true_ng_alignment@1e-02", "emp_fisher_top3"}) == set()
+    assert undefined({"kappa_typo", "hessian_topX"}) == {"kappa_typo", "hessian_topX"}

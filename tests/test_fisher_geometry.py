@@ -111,5 +111,6 @@ def test_smoke_study_end_to_end(smoke, data_dir, tmp_path):
     assert ((live.fisher_eff_dim >= 1 - 1e-9) & (live.fisher_eff_dim <= smoke.data.n_train + 1e-9)).all()
     rows = fg.findings(res.summary, res.coupling, smoke, res.sensitivity)
     assert any("window starting at steps" in r["measured"] for r in rows)
+    assert not any("|" in text for r in rows for text in r.values())  # the table is rendered as markdown
     assert {r["verdict"] for r in rows} <= {"reproduced", "not reproduced", "not comparable", "inconclusive"}
     assert set(fg.regime_metrics(res.summary, res.coupling)) == {"stable", "unstable"}

@@ -93,6 +93,7 @@ def test_smoke_study_end_to_end(smoke, data_dir, tmp_path):
     assert res.lead_lag.primary.sum() == len(res.summary)
     rows = hc.findings(res.summary, res.lead_lag, smoke)
     assert {r["verdict"] for r in rows} <= {"reproduced", "not reproduced", "not comparable", "inconclusive"}
+    assert not any("|" in text for r in rows for text in r.values())  # the table is rendered as markdown
     assert set(hc.regime_metrics(res.summary, res.lead_lag)) == {"stable", "marginal", "unstable"}
 
 

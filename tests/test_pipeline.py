@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
 
 from conftest import REPO
 from gradience.studies import STAGES
+from gradience.telemetry.glossary import undefined
 
 BIN = Path(sys.executable).parent
 ENV = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
@@ -58,6 +60,12 @@ def test_repro_writes_each_stage_report(repo, stage):
     notebook = (out / f"{stage}.ipynb").read_text()
     assert "Findings vs the seed" in notebook and '"output_type": "error"' not in notebook
     assert json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_telemetry_metric_is_in_the_glossary(repo, stage):
+    metrics = set(pd.read_parquet(repo / "reports" / stage / "telemetry.parquet", columns=["metric"])["metric"])
+    assert not undefined(metrics)
 
 
 def test_repro_is_then_up_to_date(repo):

@@ -233,7 +233,7 @@ def findings(summary: pd.DataFrame, table: pd.DataFrame, p: Params) -> list[dict
         f"H1: the weight spectrum leads the Hessian spectrum by K steps during approach to instability ({pair})",
         "K steps, K > 0 (hypothesis, no number)",
         f"{len(lead)}/{n} runs weight-leading and significant; K = {mean_spread(lead.lead_steps)} steps; "
-        f"all runs: best lag {mean_spread(appr.lead_steps)} steps, |r| {mean_spread(appr.best_r.abs())}, "
+        f"all runs: best lag {mean_spread(appr.lead_steps)} steps, abs(r) {mean_spread(appr.best_r.abs())}, "
         f"p {mean_spread(appr.p_value, '{:.2f}')}",
         verdict, why + f" (α = {ll.alpha}, {ll.surrogates} {ll.surrogate_kind} surrogates, lags ±{ll.max_lag} points)"))
     tested = table[table.p_value.notna()]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 GLOSSARY: dict[str, str] = {
     # weights (per matrix; scope = parameter name), telemetry/spectral.py
     "kappa": "σ_max / σ_min of a weight matrix; inf when rank-deficient (σ_min ≤ σ_max·max(m,n)·eps). "
@@ -53,9 +55,26 @@ GLOSSARY: dict[str, str] = {
                                  "of W's top singular pairs; at scope `model`, energy-weighted over matrices",
     "{emp,true}_fisher_overlap_chance": "expected fisher_overlap of a random direction, Σ (r²/mn)‖B‖² / Σ ‖B‖²",
     "{emp,true}_fisher_overlap_enrichment": "fisher_overlap / fisher_overlap_chance (1 = chance)",
+    "{emp,true}_fisher_share": "share of tr F (within W) in span{u_i v_jᵀ: i, j ≤ r} of W's top singular pairs, "
+                               "tr(P_W F)/tr(F_W); at scope `model`, summed over matrices",
+    "{emp,true}_fisher_share_chance": "expected fisher_share of an isotropic F, Σ (r²/mn) tr F_W / Σ tr F_W",
+    "{emp,true}_fisher_share_enrichment": "fisher_share / fisher_share_chance (1 = chance)",
     "blew_up": "1 where the training loss exceeded blowup_factor × its step-0 value (the run stops there; "
                "studies/lm_regimes.py)",
 }
+
+
+def pattern(name: str) -> re.Pattern[str]:
+    """The metric names a glossary entry covers: ``{i}`` is a number, ``{a,b}`` a choice, ``δ`` any value."""
+    regex = re.escape(name).replace(r"\{i\}", r"\d+").replace("δ", ".+")
+    regex = re.sub(r"\\\{([a-z_]+(?:,[a-z_]+)+)\\\}", lambda m: "(" + m.group(1).replace(",", "|") + ")", regex)
+    return re.compile(regex + "$")
+
+
+def undefined(metrics: set[str]) -> set[str]:
+    """The metric names that no glossary entry defines."""
+    patterns = [pattern(name) for name in GLOSSARY]
+    return {m for m in metrics if not any(p.match(m) for p in patterns)}
 
 
 def markdown() -> str:
