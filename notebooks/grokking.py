@@ -20,37 +20,36 @@
 # three conditions (multiplication wd 0.1; addition wd 0.01; addition wd 0.1) plus two controls
 # (addition wd 1, which should grok; addition wd 0, which should not), each over several seeds.
 # All definitions (grok step, model-level κ, smoothing, the rescaled "10k-step" point) are stated in
-# `gradience.studies.grokking`; this notebook only runs, plots and compares.
+# `gradience.studies.grokking`; this notebook reads the runs of the training stage `grokking_runs`,
+# plots and compares.
 
 # %% tags=["parameters"]
 stage = "grokking"
-params = None  # this stage's section of params.yaml; None reads it from params.yaml
-out_dir = "reports/grokking"
+report = None  # this stage's `report` section of params.yaml; None reads params.yaml
+out_dir = None  # None: an interactive run, written to .gradience/scratch/grokking/
 
 # %%
 import matplotlib.pyplot as plt
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from gradience import plots, reporting
-from gradience.config import load_stage_params
-from gradience.studies import grokking
+from gradience import plots
+from gradience.studies import base, grokking
 
-P = load_stage_params(stage, params)
+ctx = base.open_report(stage, report, out_dir)
+P, R, out_dir = ctx.params, ctx.tables.params, ctx.out_dir
 plots.set_theme()
-order = {"hue_order": [c.name for c in P.conditions]}
-print(f"profile={P.profile}  steps={P.steps:,}  lr={P.lr:g}  seeds={P.seeds}  model={P.model.kind}")
+order = {"hue_order": [c.name for c in R.conditions]}
+print(f"profile={R.profile}  steps={R.steps:,}  lr={R.lr:g}  seeds={R.seeds}  model={R.model.kind}")
 
 # %% [markdown]
-# ## Run every condition × seed
-# Telemetry (tidy parquet: `run, step, scope, metric, value`) and singular-value snapshots are
-# written next to this notebook; one row per run goes to `runs.parquet`.
+# ## The runs
+# The training stage wrote the telemetry (tidy parquet: `run, step, scope, metric, value`), the
+# singular-value snapshots and one row per run to `reports/grokking/tables/`.
 
 # %%
-results = grokking.run(P, out_dir)
-tele, summary = results.telemetry, results.summary
-model = tele[tele.scope == "model"].pivot_table(index=["run", "step"], columns="metric", values="value").reset_index()
-model = model.merge(summary[["run", "condition", "seed", "grokked"]], on="run")
+results = grokking.analyse(ctx.tables, P)
+tele, summary, model = results.telemetry, results.summary, results.model
 cols = ["condition", "seed", "outcome", "grokked", "grok_step", "final_train_acc", "final_test_acc",
         "kappa_probe", "kappa_peak", "kappa_final", "kappa_recovery", "kappa_growth"]
 summary[cols].round(3)
@@ -112,12 +111,10 @@ results.alerts
 
 # %% [markdown]
 # ## Findings vs the seed
-# Verdicts are computed by `gradience.studies.grokking.findings` from the runs above.
+# Verdicts are computed by `gradience.studies.grokking.findings` from the runs above; the seed
+# column comes from the repository's claim registry. `write_report` also writes `metrics.json`
+# and the curves for `dvc plots`.
 
 # %%
-table = reporting.findings_table(grokking.findings(summary, P))
-metrics = {"conditions": grokking.condition_metrics(summary),
-           "alerts": results.alerts.set_index("rule").to_dict(orient="index"),
-           "findings": table["verdict"].value_counts().to_dict()}
-reporting.write_metrics(out_dir, metrics)
-display(Markdown(table.to_markdown(index=False)))
+table = base.write_report(stage, results, P, out_dir)
+display(Markdown(table.drop(columns="id").to_markdown(index=False)))

@@ -1,4 +1,8 @@
-"""``gradience run STAGE`` · ``gradience profile NAME`` · ``gradience data`` · ``gradience stages``."""
+"""The ``gradience`` command: the pipeline's stages, profiles, data and checks.
+
+Each protocol is two DVC stages: ``gradience train STUDY`` (the grid of runs → tables) and
+``gradience report STUDY`` (the notebook → reports/STUDY/). ``dvc repro`` calls both.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +11,38 @@ import sys
 
 from gradience.config import PARAMS_FILE, ParamsError
 
+COMMANDS = {
+    "train": "run a study's grid of runs and write reports/STUDY/tables/ (stage STUDY_runs)",
+    "report": "execute a study's notebook on its tables into reports/STUDY/ (stage STUDY)",
+    "run": "train then report; without STUDY, list the studies",
+    "check": "validate params.yaml (every section) without running anything",
+    "profile": "rewrite params.yaml from a profile: default, smoke or paper",
+    "data": "rebuild data/ deterministically (--verify: check it against data.dvc)",
+    "pipeline": "regenerate dvc.yaml from the studies and their import closures",
+    "stages": "list the studies",
+}
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gradience", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="execute a stage's notebook into reports/<stage>/")
-    run.add_argument("stage")
-    run.add_argument("--params", default=PARAMS_FILE)
-    run.add_argument("--quiet", action="store_true", help="no progress output")
-    check = sub.add_parser("check", help="validate params.yaml (every stage) without running")
+    parser = argparse.ArgumentParser(prog="gradience", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in ("train", "report", "run"):
+        cmd = sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name])
+        cmd.add_argument("study", nargs="?" if name == "run" else None)
+        cmd.add_argument("--params", default=PARAMS_FILE)
+        cmd.add_argument("--quiet", action="store_true", help="no progress output")
+    check = sub.add_parser("check", help=COMMANDS["check"], description=COMMANDS["check"])
     check.add_argument("--params", default=PARAMS_FILE)
-    prof = sub.add_parser("profile", help="write params.yaml from a profile: default, smoke, paper")
+    prof = sub.add_parser("profile", help=COMMANDS["profile"], description=COMMANDS["profile"])
     prof.add_argument("name")
     prof.add_argument("--params", default=PARAMS_FILE)
-    data = sub.add_parser("data", help="rebuild data/ deterministically")
+    data = sub.add_parser("data", help=COMMANDS["data"], description=COMMANDS["data"])
     data.add_argument("--out", default="data")
     data.add_argument("--verify", action="store_true", help="check the rebuilt folder against data.dvc")
-    sub.add_parser("stages", help="list the stages")
+    pipe = sub.add_parser("pipeline", help=COMMANDS["pipeline"], description=COMMANDS["pipeline"])
+    pipe.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml differs, write nothing")
+    sub.add_parser("stages", help=COMMANDS["stages"], description=COMMANDS["stages"])
     args = parser.parse_args(argv)
     try:
         return _dispatch(args)
@@ -32,24 +51,43 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "run":
-        from gradience.runner import StageFailed, configure_logging, run_stage
+def _train(study: str, params: str) -> None:
+    from gradience.studies.base import load_params, train
 
-        if not args.quiet:
-            configure_logging()
-        try:
-            print(run_stage(args.stage, params_path=args.params, progress=not args.quiet))
-        except StageFailed as exc:
-            print(f"gradience: {exc}", file=sys.stderr)
-            return 1
+    print(train(study, load_params(study, path=params), f"reports/{study}"))
+
+
+def _report(study: str, params: str, quiet: bool) -> int:
+    from gradience.runner import StageFailed, configure_logging, run_report
+
+    if not quiet:
+        configure_logging()
+    try:
+        print(run_report(study, params_path=params, progress=not quiet))
+    except StageFailed as exc:
+        print(f"gradience: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from gradience.studies import STAGES
+
+    if args.command in ("stages",) or (args.command == "run" and args.study is None):
+        print("\n".join(STAGES))
+    elif args.command == "train":
+        _train(args.study, args.params)
+    elif args.command == "report":
+        return _report(args.study, args.params, args.quiet)
+    elif args.command == "run":
+        _train(args.study, args.params)
+        return _report(args.study, args.params, args.quiet)
     elif args.command == "check":
-        from gradience.config import load_stage_params
-        from gradience.studies import STAGES
+        from gradience.studies.base import load_params
 
         for stage in STAGES:
-            load_stage_params(stage, path=args.params)
-        print(f"{args.params}: all {len(STAGES)} stage sections are valid")
+            load_params(stage, path=args.params)
+        print(f"{args.params}: all {len(STAGES)} sections are valid")
     elif args.command == "profile":
         from gradience.profiles import write_profile
 
@@ -65,10 +103,16 @@ def _dispatch(args: argparse.Namespace) -> int:
             except DataMismatch as exc:
                 print(f"gradience: {exc}", file=sys.stderr)
                 return 1
-    elif args.command == "stages":
-        from gradience.studies import STAGES
+    elif args.command == "pipeline":
+        from gradience.pipeline import DVC_YAML, render
 
-        print("\n".join(STAGES))
+        text = render()
+        if args.check:
+            same = DVC_YAML.exists() and DVC_YAML.read_text() == text
+            print(f"{DVC_YAML} is {'up to date' if same else 'stale: run `gradience pipeline`'}")
+            return 0 if same else 1
+        DVC_YAML.write_text(text)
+        print(f"wrote {DVC_YAML}")
     return 0
 
 

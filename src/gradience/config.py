@@ -1,21 +1,22 @@
-"""Stage parameters: one section of ``params.yaml`` per stage, validated before any work starts.
+"""Reading and validating ``params.yaml`` before any work starts.
 
-Each study declares its section as a :class:`StageParams` subclass; :func:`load_stage_params`
-validates a section and turns every problem (unknown key, wrong type, impossible value) into one
+Each study declares its keys as pydantic models (see :mod:`gradience.studies.base`);
+:func:`validate_section` turns every problem (unknown key, wrong type, impossible value) into one
 :class:`ParamsError` that names the key, the value given and what is allowed.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 PARAMS_FILE = "params.yaml"
 Profile = Literal["default", "smoke", "paper"]
 Device = Literal["auto", "cpu", "cuda"]
+M = TypeVar("M", bound=BaseModel)
 
 
 class ParamsError(ValueError):
@@ -26,15 +27,6 @@ class Section(BaseModel):
     """A strict block of params: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class StageParams(Section):
-    """Keys every stage has."""
-
-    profile: Profile = "default"
-    device: Device = "cpu"
-    seeds: list[int] = Field(min_length=1)
-    workers: int = Field(default=1, ge=1, le=64, description="parallel runs (processes)")
 
 
 def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
@@ -75,8 +67,8 @@ def _describe(err: dict[str, Any], schema: type[BaseModel], stage: str) -> str:
     return f"  {key} = {err.get('input')!r}: {err['msg']}"
 
 
-def validate_section(stage: str, schema: type[StageParams], section: Any) -> StageParams:
-    """Validate one stage's section against its schema, or raise :class:`ParamsError`."""
+def validate_section(stage: str, schema: type[M], section: Any) -> M:
+    """Validate one section (``stage`` names it in messages) against ``schema``, or raise :class:`ParamsError`."""
     if section is None:
         raise ParamsError(f"params.yaml has no section {stage!r}")
     try:
@@ -84,16 +76,3 @@ def validate_section(stage: str, schema: type[StageParams], section: Any) -> Sta
     except ValidationError as exc:
         lines = [_describe(e, schema, stage) for e in exc.errors()]
         raise ParamsError(f"invalid params for stage {stage!r}:\n" + "\n".join(lines)) from None
-
-
-def load_stage_params(stage: str, section: dict[str, Any] | None = None, path: str | Path = PARAMS_FILE) -> StageParams:
-    """The validated params of ``stage``: from ``section`` if given, else from ``params.yaml``."""
-    from gradience.studies import STAGES, study
-
-    if section is None:
-        sections = read_params_file(path)
-        unknown = sorted(set(sections) - set(STAGES))
-        if unknown:
-            raise ParamsError(f"{path}: unknown sections {unknown}; stages: {', '.join(STAGES)}")
-        section = sections.get(stage)
-    return validate_section(stage, study(stage).Params, section)

@@ -1,15 +1,22 @@
-"""Stage outputs a reader and ``dvc metrics diff`` use: ``metrics.json`` and the findings table."""
+"""Stage outputs a reader and ``dvc metrics diff`` use: ``metrics.json`` and the findings table.
+
+Every finding names a claim of the registry (``claims/registry.yaml``) by id; its text and its
+published number come from there, so every Findings table quotes the seed the same way.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 from collections.abc import Iterable, Mapping
+from functools import cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import yaml
 
 Verdict = Literal["reproduced", "not reproduced", "not comparable", "inconclusive"]
 VERDICTS = ("reproduced", "not reproduced", "not comparable", "inconclusive")
@@ -44,12 +51,36 @@ def mean_spread(values: Iterable[float], fmt: str = "{:,.3g}") -> str:
     return f"{fmt.format(v.mean())} ± {fmt.format(sd)} (n={v.size})"
 
 
-def finding(claim: str, seed: str, measured: str, verdict: Verdict, why: str) -> dict[str, str]:
+COLUMNS = ["id", "claim", "seed", "measured", "verdict", "why"]
+
+
+@cache
+def claims() -> dict[str, dict[str, str]]:
+    """The claim registry: id → source, section, claim, published."""
+    data = yaml.safe_load(files("gradience.claims").joinpath("registry.yaml").read_text())
+    sources = data["sources"]
+    for cid, c in data["claims"].items():
+        if c["source"] not in sources:
+            raise ValueError(f"claim {cid!r}: unknown source {c['source']!r}; sources: {sorted(sources)}")
+    return data["claims"]
+
+
+def sources() -> dict[str, dict[str, str]]:
+    return yaml.safe_load(files("gradience.claims").joinpath("registry.yaml").read_text())["sources"]
+
+
+def finding(claim_id: str, measured: str, verdict: Verdict, why: str) -> dict[str, str]:
+    """One Findings row for the registry's claim ``claim_id``."""
     if verdict not in VERDICTS:
         raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
-    return {"claim": claim, "seed": seed, "measured": measured, "verdict": verdict, "why": why}
+    registry = claims()
+    if claim_id not in registry:
+        raise KeyError(f"claim {claim_id!r} is not in the claim registry (gradience/claims/registry.yaml)")
+    c = registry[claim_id]
+    return {"id": claim_id, "claim": c["claim"], "seed": str(c["published"]), "measured": measured,
+            "verdict": verdict, "why": why}
 
 
 def findings_table(rows: Iterable[dict[str, str]]) -> pd.DataFrame:
     """The notebook's closing *Findings vs the seed* table."""
-    return pd.DataFrame(list(rows), columns=["claim", "seed", "measured", "verdict", "why"])
+    return pd.DataFrame(list(rows), columns=COLUMNS)

@@ -1,10 +1,11 @@
-"""Execute one stage's notebook with papermill into ``reports/<stage>/``.
+"""Execute one report notebook with papermill into ``reports/<stage>/``.
 
-The stage's params section is validated first (a bad value stops here, before any work). The
-notebook (jupytext percent ``.py``) receives three parameters: ``stage``, ``params`` (its section
-only, defaults filled in) and ``out_dir``. If execution fails, ``reports/<stage>/`` is removed and
-the partly executed notebook is kept in ``.gradience/failed/<stage>.ipynb`` for inspection, so
-nothing half-written stays in ``reports/``.
+The stage's ``report`` section is validated first (a bad value stops here, before any work), and
+the training stage's tables must exist. The notebook (jupytext percent ``.py``) receives three
+parameters: ``stage``, ``report`` (its section, defaults filled in) and ``out_dir``. The report's
+own outputs (:data:`REPORT_OUTPUTS`) are cleared first; if execution fails they are removed again
+and the partly executed notebook is kept in ``.gradience/failed/<stage>.ipynb``, so nothing
+half-written stays in ``reports/``. The training tables are never touched here.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import jupytext
 import nbformat
 import papermill
 
-from gradience.config import PARAMS_FILE, load_stage_params
+from gradience.config import PARAMS_FILE
+from gradience.studies.base import TABLES_DIR, load_params
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 FAILED_DIR = Path(".gradience/failed")
 REQUIRED_OUTPUTS = ("metrics.json",)
+REPORT_OUTPUTS = ("{stage}.ipynb", "figures", "plots", "metrics.json")
 
 
 class StageFailed(RuntimeError):
@@ -35,20 +38,36 @@ def notebook_from_script(script: Path) -> nbformat.NotebookNode:
     return nb
 
 
-def run_stage(
+def report_outputs(stage: str, reports: str | Path = "reports") -> list[Path]:
+    return [Path(reports) / stage / name.format(stage=stage) for name in REPORT_OUTPUTS]
+
+
+def _clear(paths: list[Path]) -> None:
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def run_report(
     stage: str,
     params_path: str | Path = PARAMS_FILE,
     notebooks: str | Path = "notebooks",
     reports: str | Path = "reports",
     progress: bool = True,
 ) -> Path:
-    """Validate, execute and write ``reports/<stage>/``; return the executed notebook's path."""
-    params = load_stage_params(stage, path=params_path)
+    """Validate, execute the notebook and write the report into ``reports/<stage>/``."""
+    params = load_params(stage, path=params_path)
     script = Path(notebooks) / f"{stage}.py"
     if not script.exists():
         raise FileNotFoundError(f"no notebook for stage {stage!r}: {script} is missing")
     out = Path(reports) / stage
-    shutil.rmtree(out, ignore_errors=True)
+    if not (out / TABLES_DIR).is_dir():
+        raise FileNotFoundError(f"no tables in {out / TABLES_DIR}/: run `dvc repro {stage}_runs` "
+                                f"(or `gradience train {stage}`) first")
+    outputs = report_outputs(stage, reports)
+    _clear(outputs)
     (out / "figures").mkdir(parents=True)
     executed = out / f"{stage}.ipynb"
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,14 +77,14 @@ def run_stage(
             papermill.execute_notebook(
                 str(source), str(executed), kernel_name=KERNELSPEC["name"], progress_bar=progress,
                 log_output=progress, cwd=str(Path.cwd()),
-                parameters={"stage": stage, "params": params.model_dump(mode="json"), "out_dir": str(out)},
+                parameters={"stage": stage, "report": params.report.model_dump(mode="json"), "out_dir": str(out)},
             )
             missing = [name for name in REQUIRED_OUTPUTS if not (out / name).exists()]
             if missing:
                 raise StageFailed(f"stage {stage!r} finished without writing {missing}")
         except BaseException as exc:
             kept = _keep_failed(executed, stage)
-            shutil.rmtree(out, ignore_errors=True)
+            _clear(outputs)
             if isinstance(exc, papermill.PapermillExecutionError):
                 raise StageFailed(f"stage {stage!r} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
                                   f"  the partly executed notebook is kept in {kept}") from None

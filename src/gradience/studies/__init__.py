@@ -1,4 +1,4 @@
-"""One module per pipeline stage: ``Params`` (its params.yaml section) and ``run``."""
+"""The studies: one module per protocol, all following the stage protocol of :mod:`.base`."""
 
 from __future__ import annotations
 

@@ -28,14 +28,14 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator
 
-from gradience.config import Section, StageParams
+from gradience.config import Section
 from gradience.models.mlp import TokenPairMLP
 from gradience.models.transformer import LastTokenClassifier, tiny_llama
-from gradience.parallel import map_runs
-from gradience.provenance import git_revision, library_versions
+from gradience.studies import base
 from gradience.tasks.modular import MODULI, modular_split
-from gradience.telemetry.recorder import MODEL_SCOPE, Cadence, Recorder, write_parquet
-from gradience.training import TrainConfig, resolve_device, train
+from gradience.telemetry import signals
+from gradience.telemetry.recorder import MODEL_SCOPE, Cadence, Recorder
+from gradience.training import TrainConfig, train
 
 
 class Condition(Section):
@@ -53,7 +53,7 @@ class ModelParams(Section):
     n_heads: int = Field(default=4, ge=1)
 
 
-class Params(StageParams):
+class RunParams(base.RunParams):
     modulus: int = 97
     train_fraction: float = Field(gt=0, lt=1)
     steps: int = Field(gt=0)
@@ -65,12 +65,6 @@ class Params(StageParams):
     cadence_every: int = Field(gt=0)
     cadence_log_points: int = Field(default=0, ge=0)
     spectra_every: int = Field(default=0, ge=0)
-    grok_threshold: float = Field(default=0.95, gt=0, le=1)
-    smoothing_window: int = Field(default=5, ge=1)
-    kappa_probe_fraction: float = Field(default=0.2, gt=0, le=1)
-    growth_window_fraction: float = Field(default=0.1, gt=0, le=1)
-    kappa_growth_alert: float = Field(default=50.0, gt=1)
-    kappa_recovery_alert: float = Field(default=2.0, gt=1)
 
     @field_validator("modulus")
     @classmethod
@@ -88,19 +82,24 @@ class Params(StageParams):
         return v
 
 
-@dataclass(frozen=True)
-class RunJob:
-    params: Params
-    condition: Condition
-    seed: int
-    data_dir: str
-
-    @property
-    def run_id(self) -> str:
-        return f"{self.condition.name}/s{self.seed}"
+class ReportParams(base.ReportParams):
+    grok_threshold: float = Field(default=0.95, gt=0, le=1)
+    smoothing_window: int = Field(default=5, ge=1)
+    kappa_probe_fraction: float = Field(default=0.2, gt=0, le=1)
+    growth_window_fraction: float = Field(default=0.1, gt=0, le=1)
+    kappa_growth_alert: float = Field(default=50.0, gt=1)
+    kappa_recovery_alert: float = Field(default=2.0, gt=1)
 
 
-def build_model(p: Params):
+DATA = ("modular",)
+TABLES = ("telemetry", "spectra")
+
+
+def jobs(p: RunParams, data_dir: str) -> list[base.Job]:
+    return [base.Job(p, c.name, s, data_dir, spec=c) for c in p.conditions for s in p.seeds]
+
+
+def build_model(p: RunParams):
     m = p.model
     if m.kind == "mlp":
         return TokenPairMLP(p.modulus, p.modulus, m.d_embed, m.d_hidden)
@@ -108,11 +107,11 @@ def build_model(p: Params):
     return LastTokenClassifier(lm, p.modulus)
 
 
-def run_one(job: RunJob) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Train one (condition, seed) and return its telemetry, spectra and run record."""
+def run_one(job: base.Job) -> base.RunOutput:
+    """Train one (condition, seed): its telemetry, singular-value snapshots and run record."""
     import torch
 
-    p, c = job.params, job.condition
+    p, c = job.params, job.spec
     split = modular_split(Path(job.data_dir), p.modulus, c.op, p.train_fraction, job.seed,
                           equals_token=p.model.kind == "transformer")
     torch.manual_seed(job.seed)
@@ -124,24 +123,19 @@ def run_one(job: RunJob) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     result = train(model, split, cfg, recorder=recorder, cadence=cadence, spectra_every=p.spectra_every,
                    device=p.device)
     record = {
-        "run": job.run_id, "condition": c.name, "role": c.role, "op": c.op, "weight_decay": c.weight_decay,
-        "seed": job.seed, "task": f"modular_{c.op}_{p.modulus}", "model": p.model.model_dump_json(),
+        "role": c.role, "op": c.op, "weight_decay": c.weight_decay,
+        "task": f"modular_{c.op}_{p.modulus}", "model": p.model.model_dump_json(),
         "optimizer": "AdamW", "lr": p.lr, "betas": str(p.betas), "batch_size": p.batch_size,
-        "train_fraction": p.train_fraction, "steps": p.steps, "profile": p.profile,
-        "device": str(resolve_device(p.device)), "git_rev": git_revision(),
-        "versions": str(library_versions()), "outcome": result.outcome,
+        "train_fraction": p.train_fraction, "steps": p.steps, "outcome": result.outcome,
         "diverged_at": result.diverged_at,
     }
-    return recorder.frame(), recorder.spectra_frame(), record
+    return base.RunOutput({"telemetry": recorder.frame(), "spectra": recorder.spectra_frame()}, record)
 
 
 def grok_step(steps: np.ndarray, test_acc: np.ndarray, threshold: float) -> float:
     """First step from which ``test_acc`` stays ≥ ``threshold``; ``nan`` if it never does."""
-    ok = np.asarray(test_acc) >= threshold
-    if not ok[-1]:
-        return math.nan
-    bad = np.flatnonzero(~ok)
-    return float(steps[0] if bad.size == 0 else steps[bad[-1] + 1])
+    i = signals.detect_transition(test_acc, threshold)
+    return math.nan if i is None else float(steps[i])
 
 
 def value_at(steps: np.ndarray, values: np.ndarray, step: float) -> float:
@@ -150,12 +144,12 @@ def value_at(steps: np.ndarray, values: np.ndarray, step: float) -> float:
     return float(values[max(i, 0)])
 
 
-def kappa_summary(steps: np.ndarray, kappa: np.ndarray, p: Params) -> dict[str, float]:
+def kappa_summary(steps: np.ndarray, kappa: np.ndarray, p: ReportParams, total_steps: int) -> dict[str, float]:
     smooth = pd.Series(kappa).rolling(p.smoothing_window, min_periods=1).median().to_numpy()
     peak, final = float(np.max(smooth)), float(smooth[-1])
-    growth_end = value_at(steps, smooth, p.growth_window_fraction * p.steps)
+    growth_end = value_at(steps, smooth, p.growth_window_fraction * total_steps)
     return {
-        "kappa_probe": value_at(steps, smooth, p.kappa_probe_fraction * p.steps),
+        "kappa_probe": value_at(steps, smooth, p.kappa_probe_fraction * total_steps),
         "kappa_peak": peak,
         "kappa_peak_step": float(steps[int(np.argmax(smooth))]),
         "kappa_final": final,
@@ -164,7 +158,7 @@ def kappa_summary(steps: np.ndarray, kappa: np.ndarray, p: Params) -> dict[str, 
     }
 
 
-def summarise_runs(telemetry: pd.DataFrame, runs: pd.DataFrame, p: Params) -> pd.DataFrame:
+def summarise_runs(telemetry: pd.DataFrame, runs: pd.DataFrame, p: ReportParams, total_steps: int) -> pd.DataFrame:
     """One row per run: outcome, grok step, κ summary and the monitoring rules' alerts."""
     model = telemetry[telemetry["scope"] == MODEL_SCOPE]
     rows = []
@@ -172,7 +166,7 @@ def summarise_runs(telemetry: pd.DataFrame, runs: pd.DataFrame, p: Params) -> pd
         w = g.pivot_table(index="step", columns="metric", values="value").sort_index()
         steps = w.index.to_numpy()
         gs = grok_step(steps, w["test_acc"].to_numpy(), p.grok_threshold)
-        ks = kappa_summary(steps, w["kappa"].to_numpy(), p)
+        ks = kappa_summary(steps, w["kappa"].to_numpy(), p, total_steps)
         rows.append({"run": run_id, "grok_step": gs, "grokked": not math.isnan(gs),
                      "final_train_acc": float(w["train_acc"].iloc[-1]),
                      "final_test_acc": float(w["test_acc"].iloc[-1]),
@@ -196,38 +190,43 @@ def score_alerts(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 @dataclass
-class Results:
+class Analysis:
+    runs: RunParams
     telemetry: pd.DataFrame
-    spectra: pd.DataFrame
+    model: pd.DataFrame  # model-scope metrics, one row per (run, step), with condition/seed/grokked
     summary: pd.DataFrame
     alerts: pd.DataFrame
 
 
-def run(p: Params, out_dir: str | Path, data_dir: str | Path = "data") -> Results:
-    """Train every condition × seed, write ``telemetry``, ``spectra`` and ``runs`` parquet files."""
-    jobs = [RunJob(p, c, s, str(data_dir)) for c in p.conditions for s in p.seeds]
-    outputs = map_runs(run_one, jobs, workers=p.workers, desc="grokking runs")
-    telemetry = pd.concat([o[0] for o in outputs], ignore_index=True)
-    spectra = pd.concat([o[1] for o in outputs], ignore_index=True)
-    runs = pd.DataFrame([o[2] for o in outputs])
-    summary = summarise_runs(telemetry, runs, p)
-    out = Path(out_dir)
-    write_parquet(telemetry, out / "telemetry.parquet")
-    write_parquet(spectra, out / "spectra.parquet")
-    write_parquet(summary, out / "runs.parquet")
-    return Results(telemetry, spectra, summary, score_alerts(summary))
+def analyse(tables: base.Tables, p: ReportParams) -> Analysis:
+    """Grok steps, κ summaries and the monitoring rules' alerts, per run."""
+    summary = summarise_runs(tables.telemetry, tables.runs, p, tables.params.steps)
+    tele = tables.telemetry
+    model = (tele[tele.scope == MODEL_SCOPE].pivot_table(index=["run", "step"], columns="metric", values="value")
+             .reset_index().merge(summary[["run", "condition", "seed", "grokked"]], on="run"))
+    return Analysis(tables.params, tele, model, summary, score_alerts(summary))
 
 
-SEED = {  # seed 000, Part I table
-    "mul_wd0.1": {"grokked": True, "grok_step": 33_500, "kappa_10k": 1_607, "kappa_recovery": 11.4},
-    "add_wd0.01": {"grokked": False, "kappa_10k": 19_794, "kappa_recovery": 10.4},
-    "add_wd0.1": {"grokked": False, "kappa_10k": 1_000, "kappa_recovery": 1.0},
+def curves(a: Analysis, p: ReportParams) -> pd.DataFrame:
+    """Mean test accuracy and median model κ per condition, against step."""
+    rows = []
+    for metric, how in (("test_acc", "mean"), ("kappa", "median")):
+        g = a.model.groupby(["condition", "step"])[metric].agg(how).reset_index()
+        rows.append(g.assign(curve=metric + "_" + g["condition"]).rename(columns={metric: "value"}))
+    return pd.concat(rows, ignore_index=True)[["curve", "step", "value"]]
+
+
+SEED_OUTCOMES = {  # condition → (claim id, grokked in the seed)
+    "mul_wd0.1": ("grokking.mul_wd0.1_groks", True),
+    "add_wd0.01": ("grokking.add_wd0.01_memorises", False),
+    "add_wd0.1": ("grokking.add_wd0.1_memorises", False),
 }
 
 
-def condition_metrics(summary: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Per condition: fraction grokked, mean grok step, medians of the κ summary, mean final accuracy."""
-    out = {}
+def metrics(a: Analysis, p: ReportParams) -> dict:
+    """Per condition: fraction grokked, mean grok step, medians of the κ summary, mean final accuracy;
+    and the alert scores."""
+    summary, out = a.summary, {}
     for name, g in summary.groupby("condition", sort=False):
         out[str(name)] = {
             "grokked_fraction": float(g["grokked"].mean()),
@@ -239,54 +238,50 @@ def condition_metrics(summary: pd.DataFrame) -> dict[str, dict[str, float]]:
             "final_test_acc_mean": float(g["final_test_acc"].mean()),
             "diverged_runs": float((g["outcome"] == "diverged").sum()),
         }
-    return out
+    return {"conditions": out, "alerts": a.alerts.set_index("rule").to_dict(orient="index")}
 
 
 def _runs(summary: pd.DataFrame, condition: str) -> pd.DataFrame:
     return summary[summary["condition"] == condition]
 
 
-def findings(summary: pd.DataFrame, p: Params) -> list[dict[str, str]]:
+def findings(a: Analysis, p: ReportParams) -> list[dict[str, str]]:
     """The *Findings vs the seed* rows, each with its verdict rule applied to the measured runs."""
     from gradience.reporting import finding, mean_spread
 
-    rows = []
-    probe_step = int(p.kappa_probe_fraction * p.steps)
-    for name, seed in SEED.items():
+    summary, rp, rows = a.summary, a.runs, []
+    probe_step = int(p.kappa_probe_fraction * rp.steps)
+    for name, (claim, seed_grokked) in SEED_OUTCOMES.items():
         g = _runs(summary, name)
         if g.empty:
-            rows.append(finding(f"{name}: grokked?", "yes" if seed["grokked"] else "no", "condition not run",
-                                "not comparable", "the condition is absent from params"))
+            rows.append(finding(claim, "condition not run", "not comparable", "the condition is absent from params"))
             continue
         n_grok, n = int(g["grokked"].sum()), len(g)
         measured = f"{n_grok}/{n} grokked" + (f", step {mean_spread(g['grok_step'])}" if n_grok else "")
-        agrees = (n_grok == n) if seed["grokked"] else (n_grok == 0)
-        seed_text = f"yes, at {seed['grok_step']:,}" if seed["grokked"] else "no"
-        why = (f"outcome matches in every seed within {p.steps:,} steps" if agrees else
-               f"outcomes differ within this profile's {p.steps:,}-step budget (lr {p.lr:g})")
-        rows.append(finding(f"{name}: grokked?", seed_text, measured,
-                            "reproduced" if agrees else "not reproduced", why))
+        agrees = (n_grok == n) if seed_grokked else (n_grok == 0)
+        why = (f"outcome matches in every seed within {rp.steps:,} steps" if agrees else
+               f"outcomes differ within this profile's {rp.steps:,}-step budget (lr {rp.lr:g})")
+        rows.append(finding(claim, measured, "reproduced" if agrees else "not reproduced", why))
     mul, add = _runs(summary, "mul_wd0.1"), _runs(summary, "add_wd0.01")
     if len(mul) and len(add):
         merged = mul.merge(add, on="seed", suffixes=("_mul", "_add"))
         ratio = merged["kappa_probe_add"] / merged["kappa_probe_mul"]
         holds = bool((ratio > 1).all())
         rows.append(finding(
-            "κ at the 10k-step point: addition wd 0.01 above multiplication wd 0.1",
-            "19,794 vs 1,607 (12.3×)",
+            "grokking.kappa_10k_ordering",
             f"{mean_spread(add['kappa_probe'])} vs {mean_spread(mul['kappa_probe'])} at step {probe_step:,}; "
             f"ratio {mean_spread(ratio)}",
             "reproduced" if holds else "not reproduced",
             "ordering holds in every seed" if holds else "ordering fails in at least one seed"))
     stuck = summary[summary["alert_stuck"]]
     rows.append(finding(
-        "low κ_recovery (< 2) → does not grok", "strong negative signal (add wd 0.1: κ_rec 1.0)",
+        "grokking.low_recovery_no_grok",
         f"{len(stuck)} runs below 2; {int(stuck['grokked'].sum())} of them grokked",
         "inconclusive" if stuck.empty else ("reproduced" if not stuck["grokked"].any() else "not reproduced"),
         "no run fell below the threshold" if stuck.empty else "counted over all conditions and seeds"))
     grokked = summary[summary["grokked"]]
     rows.append(finding(
-        "high κ_recovery is necessary for grokking", "mul wd 0.1: κ_rec 11.4 and grokked",
+        "grokking.recovery_necessary",
         f"grokked runs: κ_rec {mean_spread(grokked['kappa_recovery'])}; "
         f"{int((grokked['kappa_recovery'] < p.kappa_recovery_alert).sum())} of {len(grokked)} below 2",
         "inconclusive" if grokked.empty else
@@ -297,14 +292,14 @@ def findings(summary: pd.DataFrame, p: Params) -> list[dict[str, str]]:
     if len(strong) and len(none):
         holds = bool(strong["grokked"].all() and not none["grokked"].any())
         rows.append(finding(
-            "weight decay is the causal factor (controls)", "stronger weight decay forces the generalising solution",
+            "grokking.weight_decay_causal",
             f"wd ≥ 1: {int(strong['grokked'].sum())}/{len(strong)} grokked; wd 0: {int(none['grokked'].sum())}/{len(none)}",
             "reproduced" if holds else "not reproduced",
             "controls separate cleanly" if holds else "controls do not separate"))
     if len(grokked):
         drop = grokked["effective_rank_final"] < grokked["effective_rank_start"]
         rows.append(finding(
-            "compression: effective rank falls as the generalising structure emerges", "qualitative",
+            "grokking.compression",
             f"{int(drop.sum())}/{len(grokked)} grokking runs end below their initial mean effective rank "
             f"({mean_spread(grokked['effective_rank_start'])} → {mean_spread(grokked['effective_rank_final'])})",
             "reproduced" if drop.all() else "not reproduced", "mean effective rank over weight matrices"))

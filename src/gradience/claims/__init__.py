@@ -1,0 +1,1 @@
+"""The claim registry (registry.yaml): the seed claims the studies test."""
