@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from gradience.config import load_stage_params
 from gradience.data import build
 from gradience.profiles import profile_params
+from gradience.studies.base import load_params
 from gradience.studies.grokking import build_model
 from gradience.tasks.modular import modular_split
 from gradience.telemetry.recorder import Cadence, Recorder
@@ -42,7 +42,7 @@ def timed(p, split, mode: str) -> float:
 
 def main() -> None:
     torch.set_num_threads(1)
-    p = load_stage_params("grokking", profile_params("default")["grokking"])
+    p = load_params("grokking", profile_params("default")["grokking"]).runs
     data = Path(".gradience/bench-data")
     build(data)
     split = modular_split(data, p.modulus, "add", p.train_fraction, 0)

@@ -29,37 +29,41 @@
 # span of each weight matrix's top singular pair, relative to a random direction — and
 # cos(∇L, (F + δλ₁I)⁻¹∇L) at relative dampings δ.
 # Definitions and verdict rules are in `gradience.studies.fisher_geometry` and
-# `gradience.telemetry.probes`; this notebook runs, plots and compares.
+# `gradience.telemetry.probes`; this notebook reads the runs of the training stage
+# `fisher_geometry_runs`, plots and compares.
 
 # %% tags=["parameters"]
 stage = "fisher_geometry"
-params = None  # this stage's section of params.yaml; None reads it from params.yaml
-out_dir = "reports/fisher_geometry"
+report = None  # this stage's `report` section of params.yaml; None reads params.yaml
+out_dir = None  # None: an interactive run, written to .gradience/scratch/fisher_geometry/
 
 # %%
 import matplotlib.pyplot as plt
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from gradience import plots, reporting
-from gradience.config import load_stage_params
+from gradience import plots
+from gradience.studies import base
 from gradience.studies import fisher_geometry as fg
 
-P = load_stage_params(stage, params)
+ctx = base.open_report(stage, report, out_dir)
+P, R, out_dir = ctx.params, ctx.tables.params, ctx.out_dir
 plots.set_theme()
-order = [r.name for r in P.regimes]
+order = [r.name for r in R.regimes]
 A = P.analysis
-print(f"profile={P.profile}  steps={P.steps}  cadence every {P.cadence_every}  seeds={P.seeds}  "
-      f"model={P.model.model_dump()}  data={P.data.model_dump()}")
-print(f"Fisher kinds {P.fisher.kinds}; verdicts use the {A.kind!r} Fisher, NG alignment at δ = {A.damping:g}")
+print(f"profile={R.profile}  steps={R.steps}  cadence every {R.cadence_every}  seeds={R.seeds}  "
+      f"model={R.model.model_dump()}  data={R.data.model_dump()}")
+print(f"Fisher kinds {R.fisher.kinds}; verdicts use the {A.kind!r} Fisher, NG alignment at δ = {A.damping:g}")
 
 # %% [markdown]
-# ## Run both regimes × seeds
+# ## The runs
+# The training stage `fisher_geometry_runs` wrote the telemetry, the singular-value snapshots and one
+# row per run to `reports/fisher_geometry/tables/`. `analyse` summarises every run from
+# `analysis.from_step` to before divergence and tests the co-variation of the metric pairs.
 
 # %%
-res = fg.run(P, out_dir)
-series, summary, coupling = res.series, res.summary, res.coupling
-series = series.merge(summary[["run", "regime", "seed"]], on="run")
+results = fg.analyse(ctx.tables, P)
+series, summary, coupling = results.series, results.summary, results.coupling
 live = series.dropna(subset=["fisher_top1"])
 cols = ["regime", "seed", "lambda_max_init", "lr", "outcome", "diverged_at", "final_train_loss", "share_min",
         "share_median", "overlap_min", "overlap_median", "ng_alignment_median", "eff_dim_min", "fisher_alpha_median",
@@ -84,8 +88,8 @@ plots.save(fig, out_dir, "training")
 # (tr F)²/tr F² — the number of directions the Fisher effectively spans (at most n).
 
 # %%
-first = live[live.seed == P.seeds[0]]
-top = [f"fisher_top{i + 1}" for i in range(min(P.fisher.top_k, 10))]
+first = live[live.seed == R.seeds[0]]
+top = [f"fisher_top{i + 1}" for i in range(min(R.fisher.top_k, 10))]
 eig = first.melt(id_vars=["regime", "step"], value_vars=top, var_name="eigenvalue", value_name="λ")
 eig["i"] = eig.eigenvalue.str.replace("fisher_top", "").astype(int)
 fig, axes = plt.subplots(1, len(order) + 1, figsize=(4.3 * (len(order) + 1), 3.8))
@@ -113,7 +117,7 @@ sns.lineplot(data=alpha, x="step", y="α", hue="regime", style="spectrum", units
              ax=axes[0])
 axes[0].set(title="Power-law decay exponents", ylabel="α")
 axes[0].legend(fontsize=7, ncol=2)
-thresholds = {m: fg.alignment_threshold(summary, m) for m in fg.ALIGNMENTS}
+thresholds = results.thresholds
 titles = {"share": "A(t): share of tr F in W's top singular subspace", "overlap": "A(t): F's top eigenvector in it"}
 for ax, (measure, col) in zip(axes[1:], fg.ALIGNMENTS.items(), strict=True):
     sns.lineplot(data=live[live.step >= A.from_step], x="step", y=col, hue="regime", units="seed", estimator=None,
@@ -125,9 +129,7 @@ for ax, (measure, col) in zip(axes[1:], fg.ALIGNMENTS.items(), strict=True):
 fig.tight_layout()
 plots.save(fig, out_dir, "fisher_vs_weights")
 
-per = res.telemetry[(res.telemetry.metric == f"{fg.FISHER_KIND_PREFIX[A.kind]}_fisher_share") & (res.telemetry.scope != "model")]
-per = per.merge(summary[["run", "regime"]], on="run")
-per = per[per.step >= A.from_step].assign(matrix=per.scope.str.replace("lm.model.", "").str.replace(".weight", ""))
+per = results.per_matrix
 fig, ax = plt.subplots(figsize=(7, 3.8))
 sns.barplot(data=per, y="matrix", x="value", hue="regime", hue_order=order, ax=ax, errorbar=None)
 ax.set(xscale="log", title="Share of tr F in each matrix's top singular subspace (mean over time, seeds)",
@@ -140,14 +142,14 @@ plots.save(fig, out_dir, "fisher_share_per_matrix")
 # `analysis.from_step`; this table repeats the threshold test with windows starting later.
 
 # %%
-res.sensitivity.round(3)
+results.sensitivity.round(3)
 
 # %% [markdown]
 # ## Natural-gradient alignment cos(∇L, (F + δλ₁I)⁻¹∇L)
 # 1 = the gradient already points along the natural gradient. Both Fishers, every damping.
 
 # %%
-ng = [c for c in series.columns if "ng_alignment@" in c]
+ng = [c for c in series.columns if c.startswith(("emp_ng_alignment@", "true_ng_alignment@"))]
 longng = live.melt(id_vars=["regime", "seed", "step"], value_vars=ng, var_name="which", value_name="cos")
 longng["fisher"] = longng.which.str.split("_").str[0].map({"emp": "empirical", "true": "true"})
 longng["damping δ"] = longng.which.str.split("@").str[1]
@@ -168,11 +170,10 @@ coupling[["regime", "seed", "weight_metric", "fisher_metric", "n", "best_lag", "
 
 # %% [markdown]
 # ## Findings vs the seed
-# Verdicts are computed by `gradience.studies.fisher_geometry.findings` from the runs above.
+# Verdicts are computed by `gradience.studies.fisher_geometry.findings` from the runs above; the
+# seed column comes from the repository's claim registry. `write_report` also writes `metrics.json`
+# and the curves for `dvc plots`.
 
 # %%
-table = reporting.findings_table(fg.findings(summary, coupling, P, res.sensitivity))
-metrics = {"regimes": fg.regime_metrics(summary, coupling), "alignment_threshold": thresholds,
-           "findings": table["verdict"].value_counts().to_dict()}
-reporting.write_metrics(out_dir, metrics)
-display(Markdown(table.to_markdown(index=False)))
+table = base.write_report(stage, results, P, out_dir)
+display(Markdown(table.drop(columns="id").to_markdown(index=False)))

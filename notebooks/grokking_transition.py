@@ -25,12 +25,13 @@
 # and their rolling variance, lag-1 autocorrelation and integrated autocorrelation time are tested
 # for a rising trend (Kendall τ) against phase-randomised surrogates. Controls are analysed over
 # windows of the same length. Every definition and the verdict rule are stated in
-# `gradience.studies.grokking_transition`; this notebook runs, plots and compares.
+# `gradience.studies.grokking_transition`; this notebook reads the runs of the training stage
+# `grokking_transition_runs`, analyses, plots and compares.
 
 # %% tags=["parameters"]
 stage = "grokking_transition"
-params = None  # this stage's section of params.yaml; None reads it from params.yaml
-out_dir = "reports/grokking_transition"
+report = None  # this stage's `report` section of params.yaml; None reads params.yaml
+out_dir = None  # None: an interactive run, written to .gradience/scratch/grokking_transition/
 
 # %%
 import matplotlib.pyplot as plt
@@ -38,25 +39,28 @@ import pandas as pd
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from gradience import plots, reporting
-from gradience.config import load_stage_params
+from gradience import plots
+from gradience.studies import base
 from gradience.studies import grokking_transition as gt
 
-P = load_stage_params(stage, params)
+ctx = base.open_report(stage, report, out_dir)
+P, R, out_dir = ctx.params, ctx.tables.params, ctx.out_dir
 plots.set_theme()
-names = [c.name for c in P.conditions]
+names = [c.name for c in R.conditions]
 EW = P.early_warning
-print(f"profile={P.profile}  steps={P.steps:,}  cadence every {P.cadence_every} steps  seeds={P.seeds}  "
-      f"noise subsample={P.gradients.noise_examples}  surrogates={EW.n_surrogates} ({EW.surrogate})")
+print(f"profile={R.profile}  steps={R.steps:,}  cadence every {R.cadence_every} steps  seeds={R.seeds}  "
+      f"noise subsample={R.gradients.noise_examples}  surrogates={EW.n_surrogates} ({EW.surrogate})")
 
 # %% [markdown]
-# ## Run every condition × seed, detect the transitions
-# `runs.parquet` holds one row per run (everything needed to rerun it, plus t_mem, the onset t*,
-# the 0.5 midpoint, the grok step and the analysis window). All steps below are optimiser steps.
+# ## The runs, and their transitions
+# The training stage wrote the telemetry and one row per run (everything needed to rerun it) to
+# `reports/grokking_transition/tables/`. The analysis adds, per run, t_mem, the onset t*, the 0.5
+# midpoint, the grok step and the analysis window, then the early-warning statistics of every
+# series. All steps below are optimiser steps.
 
 # %%
-results = gt.run(P, out_dir)
-tele, tr, ew = results.telemetry, results.transitions, results.early_warning
+results = gt.analyse(ctx.tables, P)
+tele, tr, ew, model = results.telemetry, results.transitions, results.early_warning, results.model
 tr[["condition", "seed", "outcome", "grokked", "t_mem", "t_onset", "t_mid", "grok_step", "window_start",
     "window_end", "final_test_acc"]]
 
@@ -65,8 +69,6 @@ tr[["condition", "seed", "outcome", "grokked", "t_mem", "t_onset", "t_mid", "gro
 # Dashed lines: onset t* of each grokking run (the end of its pre-transition window).
 
 # %%
-model = tele[tele.scope == "model"].pivot_table(index=["run", "step"], columns="metric", values="value").reset_index()
-model = model.merge(tr[["run", "condition", "seed", "grokked"]], on="run")
 acc = model.melt(id_vars=["run", "step", "condition"], value_vars=["train_acc", "test_acc"],
                  var_name="split", value_name="accuracy")
 g = plots.facet_lines(acc, "step", "accuracy", hue="split", col="condition", units="run", col_order=names,
@@ -98,10 +100,10 @@ plots.save(g.figure, out_dir, "gradient_statistics")
 # Gaussian-detrended residual and the three rolling indicators, grokking runs vs controls.
 
 # %%
-curves = gt.indicator_curves(tele, tr, "hidden.weight", "stable_rank", EW)
-if len(curves):
-    curves["kind"] = curves.grokked.map({True: "grokking run", False: "control"})
-    g = sns.relplot(data=curves, x="step", y="value", hue="kind", units="run", estimator=None, row="quantity",
+close_up = gt.indicator_curves(tele, tr, "hidden.weight", "stable_rank", EW)
+if len(close_up):
+    close_up["kind"] = close_up.grokked.map({True: "grokking run", False: "control"})
+    g = sns.relplot(data=close_up, x="step", y="value", hue="kind", units="run", estimator=None, row="quantity",
                     kind="line", lw=0.8, height=2.0, aspect=3.5, facet_kws={"sharey": False},
                     row_order=["series", "residual", *gt.INDICATORS])
     g.set_titles("{row_name}")
@@ -131,8 +133,7 @@ if len(done):
 # common in grokking runs (≥ `min_hit_fraction`) *and* higher than in the non-grokking controls.
 
 # %%
-fractions = [gt.run_hit_fractions(ew, grp, ind).assign(test=name) for name, (grp, ind) in gt.TESTS.items()]
-fractions = pd.concat(fractions, ignore_index=True)
+fractions = results.fractions.copy()
 fractions["kind"] = fractions.grokked.map({True: "grokking run", False: "control"})
 if len(fractions):
     fig, ax = plt.subplots(figsize=(8, 3.4))
@@ -143,8 +144,8 @@ if len(fractions):
            ylabel="fraction of series", ylim=(-0.05, 1.05))
     ax.legend(fontsize=8)
     plots.save(fig, out_dir, "signalling_fractions")
-display(pd.DataFrame(results.tests).T[["group", "indicator", "hit_fraction", "control_fraction",
-                                                         "p_mannwhitney", "verdict", "why"]])
+display(pd.DataFrame(results.tests).T[["group", "indicator", "hit_fraction", "control_fraction", "p_mannwhitney",
+                                       "verdict", "why"]])
 
 # %% [markdown]
 # ## Every signal: trend, significance rate, lead time
@@ -173,10 +174,10 @@ results.signals.round(3)
 
 # %% [markdown]
 # ## Findings vs the seed
-# Verdicts are computed by `gradience.studies.grokking_transition.findings` from the runs above.
+# Verdicts are computed by `gradience.studies.grokking_transition.findings` from the runs above; the
+# seed column comes from the repository's claim registry. `write_report` also writes `metrics.json`
+# and the curves for `dvc plots`.
 
 # %%
-table = reporting.findings_table(gt.findings(results, P))
-metrics = gt.stage_metrics(results) | {"findings": table["verdict"].value_counts().to_dict()}
-reporting.write_metrics(out_dir, metrics)
-display(Markdown(table.to_markdown(index=False)))
+table = base.write_report(stage, results, P, out_dir)
+display(Markdown(table.drop(columns="id").to_markdown(index=False)))

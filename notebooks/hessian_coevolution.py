@@ -29,41 +29,42 @@
 # trace with its standard error, all on the whole training set — the loss GD descends. Lead–lag:
 # detrended (log) series, cross-correlation r(k) = corr(x_t, y_{t+k}), significance against
 # phase-randomised surrogates. Every definition is in `gradience.studies.hessian_coevolution` and
-# `gradience.studies.lm_regimes`; this notebook runs, plots and compares.
+# `gradience.studies.lm_regimes`; this notebook reads the runs of the training stage
+# `hessian_coevolution_runs`, plots and compares.
 
 # %% tags=["parameters"]
 stage = "hessian_coevolution"
-params = None  # this stage's section of params.yaml; None reads it from params.yaml
-out_dir = "reports/hessian_coevolution"
+report = None  # this stage's `report` section of params.yaml; None reads params.yaml
+out_dir = None  # None: an interactive run, written to .gradience/scratch/hessian_coevolution/
 
 # %%
 import matplotlib.pyplot as plt
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from gradience import plots, reporting
-from gradience.config import load_stage_params
+from gradience import plots
+from gradience.studies import base
 from gradience.studies import hessian_coevolution as hc
-from gradience.studies.lm_regimes import cross_correlations
 
-P = load_stage_params(stage, params)
+ctx = base.open_report(stage, report, out_dir)
+P, R, out_dir = ctx.params, ctx.tables.params, ctx.out_dir
 plots.set_theme()
-order = [r.name for r in P.regimes]
-print(f"profile={P.profile}  steps={P.steps}  cadence every {P.cadence_every}  seeds={P.seeds}  "
-      f"model={P.model.model_dump()}  data={P.data.model_dump()}")
-print(f"Hessian: top-{P.hessian.top_k} Lanczos (tol {P.hessian.lanczos_tol:g}), Hutchinson with "
-      f"{P.hessian.hutchinson_probes} Rademacher probes, on {'all' if P.hessian.measure_batch == 0 else P.hessian.measure_batch} training windows")
+order = [r.name for r in R.regimes]
+print(f"profile={R.profile}  steps={R.steps}  cadence every {R.cadence_every}  seeds={R.seeds}  "
+      f"model={R.model.model_dump()}  data={R.data.model_dump()}")
+print(f"Hessian: top-{R.hessian.top_k} Lanczos (tol {R.hessian.lanczos_tol:g}), Hutchinson with "
+      f"{R.hessian.hutchinson_probes} Rademacher probes, on {'all' if R.hessian.measure_batch == 0 else R.hessian.measure_batch} training windows")
 
 # %% [markdown]
-# ## Run every regime × seed
-# Telemetry (`run, step, scope, metric, value`), singular-value snapshots, one row per run
-# (`runs.parquet`, with λ_max(θ₀) and the η actually used) and the lead–lag table are written next
-# to this notebook.
+# ## The runs
+# The training stage `hessian_coevolution_runs` wrote the telemetry (`run, step, scope, metric, value`),
+# the singular-value snapshots and one row per run (with λ_max(θ₀) and the η actually used) to
+# `reports/hessian_coevolution/tables/`. `analyse` adds the edge summary per run and the lead–lag
+# tests of every weight × Hessian pair.
 
 # %%
-res = hc.run(P, out_dir)
-series, summary, table = res.series, res.summary, res.lead_lag
-series = series.merge(summary[["run", "regime", "seed"]], on="run")
+results = hc.analyse(ctx.tables, P)
+series, summary, lead_lag = results.series, results.summary, results.lead_lag
 cols = ["regime", "seed", "lambda_max_init", "lr", "outcome", "diverged_at", "ratio_max", "edge_step",
         "ratio_after_edge", "frac_at_edge", "final_train_loss"]
 summary[cols].round(3)
@@ -75,10 +76,9 @@ summary[cols].round(3)
 # the trace, says what that costs.
 
 # %%
-h = series.dropna(subset=["hessian_trace"])
-rel = (h.hessian_trace_stderr / h.hessian_trace.abs())
-print(f"{P.hessian.hutchinson_probes} probes per estimate; relative standard error: median {rel.median():.3f}, "
-      f"90th percentile {rel.quantile(0.9):.3f}; HVPs per measurement: median {h.hessian_n_hvp.median():.0f}")
+hu = results.hutchinson
+print(f"{hu['probes']} probes per estimate; relative standard error: median {hu['relative_stderr_median']:.3f}, "
+      f"90th percentile {hu['relative_stderr_p90']:.3f}; HVPs per measurement: median {hu['hvp_per_measurement_median']:.0f}")
 
 # %% [markdown]
 # ## Loss and sharpness against the edge 2/η
@@ -103,8 +103,8 @@ plots.save(fig, out_dir, "loss_and_edge")
 # One seed per regime; the trace band is ± 2 standard errors of the Hutchinson estimate.
 
 # %%
-top = [f"hessian_top{i + 1}" for i in range(P.hessian.top_k)]
-first = series[series.seed == P.seeds[0]].dropna(subset=["hessian_top1"])
+top = [f"hessian_top{i + 1}" for i in range(R.hessian.top_k)]
+first = series[series.seed == R.seeds[0]].dropna(subset=["hessian_top1"])
 eig = first.melt(id_vars=["regime", "step"], value_vars=top, var_name="eigenvalue", value_name="λ")
 eig["index"] = eig.eigenvalue.str.replace("hessian_top", "").astype(int)
 fig, axes = plt.subplots(1, len(order) + 1, figsize=(4.2 * (len(order) + 1), 3.8))
@@ -112,7 +112,7 @@ for ax, name in zip(axes, order, strict=False):
     sns.lineplot(data=eig[eig.regime == name], x="step", y="λ", hue="index", palette="viridis", ax=ax,
                  legend="full" if ax is axes[0] else False)
     ax.plot(first[first.regime == name].step, 2 / first[first.regime == name].lr, "k--", lw=1, label="2/η")
-    ax.set(yscale="symlog", title=f"{name}: top-{P.hessian.top_k} Hessian eigenvalues", ylabel="eigenvalue")
+    ax.set(yscale="symlog", title=f"{name}: top-{R.hessian.top_k} Hessian eigenvalues", ylabel="eigenvalue")
 axes[0].legend(title="i", fontsize=7, ncol=2, loc="lower right")
 ax = axes[-1]
 for name in order:
@@ -149,18 +149,17 @@ plots.save(g.figure, out_dir, "weight_spectrum")
 
 # %%
 x, y = P.lead_lag.primary
-cc = cross_correlations(res.series, summary, x, y, P.lead_lag).merge(summary[["run", "regime", "seed"]], on="run")
-cc["lag_steps"] = cc.lag * P.cadence_every
+cc = results.cross_correlation
 g = sns.relplot(data=cc, x="lag_steps", y="r", hue="seed", col="regime", kind="line", marker="o", height=3.2,
                 aspect=1.2, col_order=[r for r in order if r in set(cc.regime)], palette="colorblind")
-n_typ = table[table.primary].n.median()
+n_typ = lead_lag[lead_lag.primary].n.median()
 for ax in g.axes.flat:
     ax.axvline(0, c="grey", lw=0.8)
     ax.axhspan(-1.96 / n_typ**0.5, 1.96 / n_typ**0.5, color="grey", alpha=0.15)
 g.set_axis_labels("lag k (steps; > 0: weights lead)", f"r({x}, {y})")
 g.figure.suptitle(f"Cross-correlation of {x} and {y} before divergence", y=1.04)
 plots.save(g.figure, out_dir, "primary_cross_correlation")
-table[table.primary][["regime", "seed", "n", "best_lag", "lead_steps", "best_r", "r_lag0", "p_value", "direction"]].round(3)
+lead_lag[lead_lag.primary][["regime", "seed", "n", "best_lag", "lead_steps", "best_r", "r_lag0", "p_value", "direction"]].round(3)
 
 # %% [markdown]
 # ## Every weight × Hessian pair
@@ -169,8 +168,7 @@ table[table.primary][["regime", "seed", "n", "best_lag", "lead_steps", "best_r",
 # Bonferroni-corrected count in the findings below.
 
 # %%
-sig = table.assign(lead=table.lead_steps.where(table.significant))
-heat = sig.groupby(["weight_metric", "hessian_metric"]).agg(significant=("significant", "sum"), lead=("lead", "median"))
+heat = results.pairs.set_index(["weight_metric", "hessian_metric"])
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
 sns.heatmap(heat.significant.unstack(), annot=True, fmt=".0f", cmap="Blues", ax=axes[0], cbar=False)
 axes[0].set(title=f"runs with p < {P.lead_lag.alpha} (of {summary.shape[0]})", xlabel="Hessian metric", ylabel="weight metric")
@@ -181,12 +179,10 @@ plots.save(fig, out_dir, "lead_lag_pairs")
 
 # %% [markdown]
 # ## Findings vs the seed
-# Verdicts are computed by `gradience.studies.hessian_coevolution.findings` from the runs above.
+# Verdicts are computed by `gradience.studies.hessian_coevolution.findings` from the runs above; the
+# seed column comes from the repository's claim registry. `write_report` also writes `metrics.json`
+# and the curves for `dvc plots`.
 
 # %%
-table_f = reporting.findings_table(hc.findings(summary, table, P))
-metrics = {"regimes": hc.regime_metrics(summary, table),
-           "hutchinson": {"probes": P.hessian.hutchinson_probes, "relative_stderr_median": float(rel.median())},
-           "findings": table_f["verdict"].value_counts().to_dict()}
-reporting.write_metrics(out_dir, metrics)
-display(Markdown(table_f.to_markdown(index=False)))
+table = base.write_report(stage, results, P, out_dir)
+display(Markdown(table.drop(columns="id").to_markdown(index=False)))

@@ -24,13 +24,13 @@
 # it); *no_norm* (normalisation layers removed). Every weight matrix (conv kernels matricised) is
 # measured at a cadence: effective rank, stable rank, nuclear norm, power-law exponent α, κ.
 # The hypothesis-4 criterion, the shape labels, the between-seed agreement, the setback and the
-# rank signature are defined precisely in `gradience.studies.rank_survey`; this notebook runs,
-# plots and compares.
+# rank signature are defined precisely in `gradience.studies.rank_survey`; this notebook reads the
+# runs of the training stage `rank_survey_runs`, plots and compares.
 
 # %% tags=["parameters"]
 stage = "rank_survey"
-params = None  # this stage's section of params.yaml; None reads it from params.yaml
-out_dir = "reports/rank_survey"
+report = None  # this stage's `report` section of params.yaml; None reads params.yaml
+out_dir = None  # None: an interactive run, written to .gradience/scratch/rank_survey/
 
 # %%
 import matplotlib.pyplot as plt
@@ -38,28 +38,30 @@ import numpy as np
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from gradience import plots, reporting
-from gradience.config import load_stage_params
-from gradience.studies import rank_survey
+from gradience import plots
+from gradience.studies import base, rank_survey
 
-P = load_stage_params(stage, params)
+ctx = base.open_report(stage, report, out_dir)
+P, R, out_dir = ctx.params, ctx.tables.params, ctx.out_dir
 plots.set_theme()
-arm_order = [a.name for a in P.arms]
-print(f"profile={P.profile}  seeds={P.seeds}  families={P.families}  arms={arm_order}")
-for f in P.families:
-    fp = P.family(f)
+arm_order = [a.name for a in R.arms]
+print(f"profile={R.profile}  seeds={R.seeds}  families={R.families}  arms={arm_order}")
+for f in R.families:
+    fp = R.family(f)
     print(f"  {f}: steps={fp.steps:,} lr={fp.lr:g} batch={fp.batch_size}")
 c = P.criterion
 print(f"criterion: smoothing {c.smoothing_window} points, expansion ≥ {c.expand_min:.0%}, "
       f"compression ≥ {c.compress_min:.0%}, plateau: last {c.plateau_fraction:.0%} within {c.plateau_tol:.0%}")
 
 # %% [markdown]
-# ## Run every family × arm × seed
-# Telemetry (tidy parquet: `run, step, scope, metric, value`), one row per run (`runs.parquet`)
-# and the per-layer shape classification (`shapes.parquet`) are written next to this notebook.
+# ## The runs
+# The training stage wrote the telemetry (tidy parquet: `run, step, scope, metric, value`) and one
+# row per run to `reports/rank_survey/tables/`. The analysis adds each run's setback and largest
+# rank jump, the shape of every per-layer trajectory, the between-seed agreement and the rank
+# signatures of the unstable arms.
 
 # %%
-results = rank_survey.run(P, out_dir)
+results = rank_survey.analyse(ctx.tables, P)
 runs = results.runs
 cols = ["family", "arm", "seed", "outcome", "final_train_loss", "final_test_loss", "final_test_acc",
         "setback", "destabilised", "rank_jump"]
@@ -69,7 +71,7 @@ runs[[c for c in cols if c in runs]].round(3)
 layers = rank_survey.layer_frame(results.telemetry, runs)
 layers["layer"] = layers["scope"].map(rank_survey.short_name)
 layers = layers.merge(results.shapes[["run", "scope", "label"]], on=["run", "scope"], how="left")
-layers["step_frac"] = layers["step"] / layers["family"].map({f: P.family(f).steps for f in P.families})
+layers["step_frac"] = layers["step"] / layers["family"].map({f: R.family(f).steps for f in R.families})
 model = results.telemetry[results.telemetry.scope == "model"].pivot_table(
     index=["run", "step"], columns="metric", values="value").reset_index().merge(runs[["run", "family", "arm", "seed"]], on="run")
 
@@ -80,8 +82,8 @@ model = results.telemetry[results.telemetry.scope == "model"].pivot_table(
 # expansion→compression, monotone compression, compression→expansion, expansion, compression, flat).
 
 # %%
-healthy = layers[layers.arm == P.healthy_arm]
-for family in P.families:
+healthy = layers[layers.arm == R.healthy_arm]
+for family in R.families:
     d = healthy[(healthy.family == family) & (healthy.step > 0)]
     g = sns.relplot(data=d, x="step", y="value", hue="label", col="layer", units="run", estimator=None,
                     kind="line", col_wrap=4, height=2.4, aspect=1.2, hue_order=list(rank_survey.SHAPES),
@@ -101,10 +103,10 @@ for family in P.families:
 metrics = list(rank_survey.SIGNATURE_METRICS)
 tel = results.telemetry[(results.telemetry.scope != "model") & results.telemetry.metric.isin(metrics)]
 tel = tel.merge(runs[["run", "family", "arm"]], on="run")
-tel = tel[tel.arm == P.healthy_arm].copy()
+tel = tel[tel.arm == R.healthy_arm].copy()
 tel["relative"] = tel["value"] / tel.groupby(["run", "scope", "metric"])["value"].transform("first")
 tel["layer"] = tel["scope"].map(rank_survey.short_name)
-for family in P.families:
+for family in R.families:
     d = tel[(tel.family == family) & (tel.step > 0)]
     g = sns.relplot(data=d, x="step", y="relative", hue="layer", col="metric", col_order=metrics, kind="line",
                     errorbar=None, height=2.6, aspect=1.1, facet_kws={"sharey": False})
@@ -119,24 +121,24 @@ for family in P.families:
 # data and initialisation), so any difference after it is the spike's doing.
 
 # %%
-fig, axes = plt.subplots(1, len(P.families), figsize=(4.2 * len(P.families), 3.4), squeeze=False)
-for ax, family in zip(axes[0], P.families, strict=True):
+fig, axes = plt.subplots(1, len(R.families), figsize=(4.2 * len(R.families), 3.4), squeeze=False)
+for ax, family in zip(axes[0], R.families, strict=True):
     d = model[(model.family == family) & (model.step > 0)]
     sns.lineplot(data=d, x="step", y="train_loss", hue="arm", hue_order=arm_order, errorbar=("pi", 100), ax=ax)
-    start, end = rank_survey.family_spike_window(P, family)
+    start, end = rank_survey.family_spike_window(R, family)
     ax.axvspan(start, end, color="grey", alpha=0.2, label="spike window")
     ax.set(yscale="log", title=f"{family}: train loss", ylabel="train loss (log)")
 fig.tight_layout()
 plots.save(fig, out_dir, "loss_by_arm")
 
-for family in P.families:
+for family in R.families:
     d = layers[(layers.family == family) & (layers.step > 0)]
     g = sns.relplot(data=d, x="step", y="value", hue="arm", col="layer", kind="line", errorbar=("pi", 100),
                     col_wrap=4, height=2.4, aspect=1.2, hue_order=arm_order, facet_kws={"sharey": False})
     g.set_axis_labels("step", "effective rank")
     g.figure.suptitle(f"{family}: effective rank per layer, healthy vs unstable arms (mean and range over seeds)",
                       y=1.03)
-    start, end = rank_survey.family_spike_window(P, family)
+    start, end = rank_survey.family_spike_window(R, family)
     for ax in g.axes.flat:
         ax.axvspan(start, end, color="grey", alpha=0.2)
     plots.save(g.figure, out_dir, f"overlay_{family}")
@@ -153,7 +155,7 @@ sig = results.signature.melt(id_vars=["family", "arm", "seed", "scope", "metric"
 sig["when"] = sig["when"].map({"excess_after": "after the event", "excess_end": "end of run"})
 sig["log2_ratio"] = np.log2(1 + sig["excess"])
 g = sns.catplot(data=sig, x="metric", y="log2_ratio", hue="family", col="arm", row="when", kind="strip",
-                order=metrics, hue_order=P.families, dodge=True, height=3.0, aspect=1.6, size=3, alpha=0.7)
+                order=metrics, hue_order=R.families, dodge=True, height=3.0, aspect=1.6, size=3, alpha=0.7)
 for ax in g.axes.flat:
     ax.axhline(0, color="grey", lw=1)
     ax.tick_params(axis="x", rotation=20)
@@ -168,7 +170,7 @@ display(results.signature.groupby(["arm", "family", "metric"])[["excess_after", 
 # %%
 counts = results.shapes.groupby(["family", "arm", "label"]).size().rename("trajectories").reset_index()
 g = sns.catplot(data=counts, y="label", x="trajectories", hue="arm", col="family", kind="bar",
-                order=list(rank_survey.SHAPES), hue_order=arm_order, col_order=P.families, height=3.2, aspect=1.0)
+                order=list(rank_survey.SHAPES), hue_order=arm_order, col_order=R.families, height=3.2, aspect=1.0)
 g.set_axis_labels("layer × seed trajectories", "shape")
 g.figure.suptitle("Effective-rank trajectory shapes (criterion in the study module)", y=1.04)
 plots.save(g.figure, out_dir, "shape_counts")
@@ -176,13 +178,14 @@ display(results.agreement.round(3))
 
 # %% [markdown]
 # ## Findings vs the seed
-# Verdicts are computed by `gradience.studies.rank_survey.findings` from the runs above. An unstable
-# arm's rows are *inconclusive* when the arm did not actually destabilise training (setback below
-# threshold in most runs); its measured rank signature is still shown. Oscillation after an
-# instability (the other half of the §4 phrase) is visible in the overlays but not scored.
+# Verdicts are computed by `gradience.studies.rank_survey.findings` from the runs above; the seed
+# column comes from the repository's claim registry. Each unstable arm gets its own two rows (the
+# arm is named in the measured column). An unstable arm's rows are *inconclusive* when the arm did
+# not actually destabilise training (setback below threshold in most runs); its measured rank
+# signature is still shown. Oscillation after an instability (the other half of the §4 phrase) is
+# visible in the overlays but not scored. `write_report` also writes `metrics.json` and the curves
+# for `dvc plots`.
 
 # %%
-table = reporting.findings_table(rank_survey.findings(results, P))
-metrics_out = rank_survey.summary_metrics(results, P) | {"findings": table["verdict"].value_counts().to_dict()}
-reporting.write_metrics(out_dir, metrics_out)
-display(Markdown(table.to_markdown(index=False)))
+table = base.write_report(stage, results, P, out_dir)
+display(Markdown(table.drop(columns="id").to_markdown(index=False)))

@@ -20,3 +20,38 @@ def test_glossary_patterns_cover_numbered_and_prefixed_names():
 
     assert undefined({"kappa", "hessian_top10", "true_ng_alignment@1e-02", "emp_fisher_top3"}) == set()
     assert undefined({"kappa_typo", "hessian_topX"}) == {"kappa_typo", "hessian_topX"}
+
+
+OUTSIDE = ("../" + "shared", "DESIGN" + ".md")  # split so this file does not match itself
+
+
+def test_nothing_points_outside_the_repository():
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    offenders = []
+    for rel in tracked:
+        path = Path(REPO, rel)
+        if path.suffix in {".py", ".md", ".yaml", ".yml", ".toml", ".cfg", ".txt", ""} and path.is_file():
+            text = path.read_text(errors="ignore")
+            if any(ref in text for ref in OUTSIDE):
+                offenders.append(rel)
+    assert not offenders
+
+
+def test_readme_names_every_source_document_and_the_registry_is_consistent():
+    from gradience.reporting import claims, sources
+
+    readme = Path(REPO, "README.md").read_text()
+    for key, source in sources().items():
+        assert source["title"] in readme, key
+    for cid, claim in claims().items():
+        assert cid.split(".")[0] and claim["claim"] and str(claim["published"]) and claim["section"], cid
+
+
+def test_every_registered_claim_is_tested_by_a_study():
+    from gradience.reporting import claims
+
+    code = "".join(p.read_text() for p in Path(REPO, "src/gradience/studies").glob("*.py"))
+    unused = [cid for cid in claims() if f'"{cid}"' not in code]
+    assert not unused, f"claims no study tests: {unused}"

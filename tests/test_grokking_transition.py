@@ -1,18 +1,22 @@
+import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from gradience.config import ParamsError, load_stage_params
+from gradience.config import ParamsError
 from gradience.profiles import profile_params
 from gradience.reporting import VERDICTS
+from gradience.studies import base, grokking
 from gradience.studies import grokking_transition as gt
+
+STAGE = "grokking_transition"
 
 
 @pytest.fixture
 def smoke_params():
-    return load_stage_params("grokking_transition", profile_params("smoke")["grokking_transition"])
+    return base.load_params(STAGE, profile_params("smoke")[STAGE])
 
 
 def _acc_telemetry(run, steps, train_acc, test_acc):
@@ -39,6 +43,10 @@ def test_transitions_and_matched_control_windows():
     assert tr.loc["c/s0", ["window_start", "window_end"]].tolist() == [20, 50]
     assert tr.loc["c/s7", ["window_start", "window_end"]].tolist() == [30, 55]
     assert tr.loc["g/s1", ["window_start", "window_end"]].tolist() == [10, 60]
+    # the onset and grok steps are the grokking study's grok step, at two thresholds
+    acc = tele[(tele.run == "g/s0") & (tele.metric == "test_acc")]
+    assert grokking.grok_step(acc.step.to_numpy(), acc.value.to_numpy(), 0.1) == tr.loc["g/s0", "t_onset"]
+
 
 
 def test_alarm_is_the_first_index_from_which_the_indicator_stays_above_baseline():
@@ -56,7 +64,7 @@ def _ar1(phi, n, rng):
 
 
 def test_early_warning_detects_critical_slowing_down_and_not_a_stationary_series(smoke_params):
-    ew = smoke_params.early_warning.model_copy(update={"n_surrogates": 99, "detrend": "linear"})
+    ew = smoke_params.report.early_warning.model_copy(update={"n_surrogates": 99, "detrend": "linear"})
     rng = np.random.default_rng(3)
     n, steps = 600, np.arange(600) * 5
     slowing = _ar1(np.linspace(0.0, 0.95, n), n, rng)  # AR(1) coefficient → 1: critical slowing down
@@ -113,37 +121,71 @@ def test_hypothesis_verdict_rule(grok, ctrl, verdict):
     assert out["hit_fraction"] == pytest.approx(np.mean(grok))
 
 
-def test_params_reject_unknown_metrics(smoke_params):
-    section = profile_params("smoke")["grokking_transition"]
-    bad = section | {"early_warning": section["early_warning"] | {"spectral_metrics": ["kapa"]}}
+def test_params_reject_unknown_metrics_and_keep_analysis_keys_under_report():
+    section = profile_params("smoke")[STAGE]
+    report = section["report"]
+    bad = section | {"report": report | {"early_warning": report["early_warning"] | {"spectral_metrics": ["kapa"]}}}
     with pytest.raises(ParamsError, match="kapa"):
-        load_stage_params("grokking_transition", bad)
+        base.load_params(STAGE, bad)
+    with pytest.raises(ParamsError, match="grokking_transition.runs.transition = .*unknown key"):
+        base.load_params(STAGE, section | {"runs": section["runs"] | {"transition": {}}})
+    assert gt.ReportParams().early_warning.spectral_metrics  # every report key has a default
 
 
-def test_smoke_stage_runs_and_is_deterministic(smoke_params, data_dir, tmp_path):
-    job = gt.RunJob(smoke_params, smoke_params.conditions[0], 0, str(data_dir))
-    pd.testing.assert_frame_equal(gt.run_one(job)[0], gt.run_one(job)[0])
-    res = gt.run(smoke_params, tmp_path, data_dir)
-    for name in ("telemetry", "runs", "early_warning"):
-        assert (tmp_path / f"{name}.parquet").exists()
-    metrics = set(res.telemetry["metric"])
+def test_jobs_cover_conditions_times_seeds_with_unique_ids(smoke_params):
+    runs = smoke_params.runs.model_copy(update={"seeds": [0, 1, 2]})
+    jobs = gt.jobs(runs, "data")
+    assert len(jobs) == len(runs.conditions) * 3
+    assert len({j.run_id for j in jobs}) == len(jobs)
+    assert [j.run_id for j in jobs[:2]] == [f"{runs.conditions[0].name}/s0", f"{runs.conditions[0].name}/s1"]
+    assert all(j.spec.name == j.condition for j in jobs)
+
+
+def test_smoke_stage_end_to_end_and_deterministic(smoke_params, data_dir, tmp_path):
+    job = gt.jobs(smoke_params.runs, str(data_dir))[0]
+    pd.testing.assert_frame_equal(gt.run_one(job).tables["telemetry"], gt.run_one(job).tables["telemetry"])
+    tables = base.train(STAGE, smoke_params, tmp_path, data_dir)
+    assert sorted(f.name for f in tables.iterdir()) == ["params.json", "runs.parquet", "telemetry.parquet"]
+    t = base.load_tables(STAGE, tmp_path / "tables")
+    assert t.params == smoke_params.runs
+    assert {"profile", "device", "git_rev", "versions", "wall_seconds", "weight_decay", "outcome"} <= set(t.runs)
+    metrics = set(t.telemetry["metric"])
     assert {"grad_cosine", "grad_noise_scale", "grad_noise_trace", "grad_norm", "stable_rank"} <= metrics
-    steps = np.sort(res.telemetry["step"].unique())
-    assert (np.diff(steps) == smoke_params.cadence_every).all()
-    assert set(res.tests) == set(gt.TESTS)
-    assert {r["verdict"] for r in gt.findings(res, smoke_params)} <= set(VERDICTS)
-    assert set(gt.stage_metrics(res)["conditions"]) == {c.name for c in smoke_params.conditions}
+    steps = np.sort(t.telemetry["step"].unique())
+    assert (np.diff(steps) == smoke_params.runs.cadence_every).all()
+    a = gt.analyse(t, smoke_params.report)
+    assert len(a.transitions) == len(t.runs) and {"t_mem", "t_onset", "window_end"} <= set(a.transitions)
+    assert set(a.tests) == set(gt.TESTS) and set(a.fractions["test"]) <= set(gt.TESTS)
+    assert set(a.early_warning["run"]) == set(t.runs["run"])
+    # the analysis over 2 processes gives the same table (surrogate seeds are per series, not per process)
+    pd.testing.assert_frame_equal(gt.analyse(t, smoke_params.report, workers=2).early_warning, a.early_warning)
+    rows = gt.findings(a, smoke_params.report)
+    assert {r["verdict"] for r in rows} <= set(VERDICTS)
+    assert [r["id"] for r in rows][:4] == [*gt.TEST_CLAIMS.values(), "grokking_transition.diagnostic_not_predictive"]
+    m = gt.metrics(a, smoke_params.report)
+    assert set(m["conditions"]) == {c.name for c in smoke_params.runs.conditions}
+    assert m["conditions"]["add_wd1"]["grokked_fraction"] == float(a.transitions.query("condition == 'add_wd1'")
+                                                                   ["grokked"].mean())
+    curves = gt.curves(a, smoke_params.report)
+    assert set(curves["curve"]) == {f"{m}_{c.name}" for m in ("test_acc", "grad_noise_scale")
+                                    for c in smoke_params.runs.conditions}
+    table = base.write_report(STAGE, a, smoke_params.report, tmp_path)
+    assert sum(json.loads((tmp_path / "metrics.json").read_text())["findings"].values()) == len(table)
+    acc = pd.read_csv(tmp_path / "plots" / "test_acc_add_wd1.csv")
+    expected = a.model[a.model.condition == "add_wd1"].groupby("step")["test_acc"].mean()
+    np.testing.assert_allclose(acc["value"], expected.to_numpy(), rtol=1e-5)
 
 
 def test_paper_profile_transformer_path_with_gradient_probes(smoke_params, data_dir):
-    paper = profile_params("paper")["grokking_transition"]
+    paper = profile_params("paper")[STAGE]["runs"]
     assert paper["model"]["kind"] == "transformer" and paper["device"] == "auto"
-    tiny = smoke_params.model_dump() | {
+    tiny = {"runs": smoke_params.runs.model_dump() | {
         "device": "auto", "steps": 4, "cadence_every": 1, "gradients": {"noise_examples": 8, "chunk": 4},
-        "model": {"kind": "transformer", "d_embed": 16, "d_hidden": 32, "n_layers": 1, "n_heads": 2}}
-    p = load_stage_params("grokking_transition", tiny)
-    tele, record = gt.run_one(gt.RunJob(p, p.conditions[0], 0, str(data_dir)))
-    assert record["outcome"] == "completed"
+        "model": {"kind": "transformer", "d_embed": 16, "d_hidden": 32, "n_layers": 1, "n_heads": 2}}}
+    p = base.load_params(STAGE, tiny)
+    out = gt.run_one(gt.jobs(p.runs, str(data_dir))[0])
+    tele = out.tables["telemetry"]
+    assert out.record["outcome"] == "completed"
     noise = tele[tele.metric == "grad_noise_scale"]["value"]
     assert len(noise) == 4 and np.isfinite(noise).all() and (noise > 0).all()
     assert any("q_proj" in s for s in tele.loc[tele.metric == "grad_cosine", "scope"])

@@ -1,14 +1,15 @@
 import pytest
 import yaml
 
-from gradience.config import ParamsError, load_stage_params
+from gradience.config import ParamsError
 from gradience.profiles import PROFILES, deep_merge, profile_params, render
 from gradience.studies import STAGES
+from gradience.studies.base import load_params
 
 
 def _grokking(**changes):
     section = profile_params("smoke")["grokking"]
-    return section | changes
+    return section | {"runs": section["runs"] | changes}
 
 
 def test_every_profile_validates_for_every_stage():
@@ -16,7 +17,7 @@ def test_every_profile_validates_for_every_stage():
         params = profile_params(name)
         assert set(params) == set(STAGES)
         for stage in STAGES:
-            assert load_stage_params(stage, params[stage]).profile == name
+            assert load_params(stage, params[stage]).runs.profile == name
 
 
 def test_committed_params_yaml_is_the_default_profile():
@@ -29,41 +30,41 @@ def test_committed_params_yaml_is_the_default_profile():
 
 def test_unknown_key_names_the_key_and_the_allowed_ones():
     with pytest.raises(ParamsError) as err:
-        load_stage_params("grokking", _grokking(learning_rate=0.1))
+        load_params("grokking", _grokking(learning_rate=0.1))
     msg = str(err.value)
-    assert "grokking.learning_rate = 0.1: unknown key" in msg and "lr" in msg
+    assert "grokking.runs.learning_rate = 0.1: unknown key" in msg and "lr" in msg
 
 
 def test_nested_unknown_key_lists_the_nested_fields():
     bad = _grokking(conditions=[{"name": "x", "op": "add", "weight_decay": 1.0, "wd": 2}])
-    with pytest.raises(ParamsError, match=r"grokking.conditions.0.wd = 2: unknown key \(allowed: name, op, weight_decay, role\)"):
-        load_stage_params("grokking", bad)
+    with pytest.raises(ParamsError, match=r"grokking.runs.conditions.0.wd = 2: unknown key \(allowed: name, op, weight_decay, role\)"):
+        load_params("grokking", bad)
 
 
 @pytest.mark.parametrize(
     ("changes", "pattern"),
     [
-        ({"steps": "many"}, r"grokking.steps = 'many': Input should be a valid integer"),
-        ({"lr": -1.0}, r"grokking.lr = -1.0: Input should be greater than 0"),
-        ({"train_fraction": 1.5}, r"grokking.train_fraction = 1.5: Input should be less than 1"),
-        ({"modulus": 91}, r"grokking.modulus = 91: Value error, must be one of the moduli"),
-        ({"seeds": []}, r"grokking.seeds = \[\]: List should have at least 1 item"),
-        ({"device": "tpu"}, r"grokking.device = 'tpu': Input should be 'auto', 'cpu' or 'cuda'"),
+        ({"steps": "many"}, r"grokking.runs.steps = 'many': Input should be a valid integer"),
+        ({"lr": -1.0}, r"grokking.runs.lr = -1.0: Input should be greater than 0"),
+        ({"train_fraction": 1.5}, r"grokking.runs.train_fraction = 1.5: Input should be less than 1"),
+        ({"modulus": 91}, r"grokking.runs.modulus = 91: Value error, must be one of the moduli"),
+        ({"seeds": []}, r"grokking.runs.seeds = \[\]: List should have at least 1 item"),
+        ({"device": "tpu"}, r"grokking.runs.device = 'tpu': Input should be 'auto', 'cpu' or 'cuda'"),
     ],
 )
 def test_wrong_types_and_impossible_values_are_named(changes, pattern):
     with pytest.raises(ParamsError, match=pattern):
-        load_stage_params("grokking", _grokking(**changes))
+        load_params("grokking", _grokking(**changes))
 
 
 def test_missing_section_and_unknown_stage():
     with pytest.raises(ParamsError, match="no section 'grokking'"):
         from gradience.config import validate_section
-        from gradience.studies import study
+        from gradience.studies.base import params_schema
 
-        validate_section("grokking", study("grokking").Params, None)
+        validate_section("grokking", params_schema("grokking"), None)
     with pytest.raises(KeyError, match="unknown stage 'nope'"):
-        load_stage_params("nope", {})
+        load_params("nope", {})
 
 
 def test_deep_merge_merges_mappings_and_replaces_lists():
@@ -76,4 +77,14 @@ def test_unknown_section_in_params_file_is_named(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(profile_params("smoke") | {"grokin": {"steps": 1}}))
     with pytest.raises(ParamsError, match=r"unknown sections \['grokin'\]"):
-        load_stage_params("grokking", path=path)
+        load_params("grokking", path=path)
+
+
+def test_report_keys_are_checked_and_sections_have_only_workers_runs_report():
+    section = profile_params("smoke")["grokking"]
+    with pytest.raises(ParamsError, match=r"grokking.report.grok_threshold = 2.0: Input should be less than or equal to 1"):
+        load_params("grokking", section | {"report": {"grok_threshold": 2.0}})
+    with pytest.raises(ParamsError, match=r"grokking.steps = 5: unknown key \(allowed: workers, executor, runs, report\)"):
+        load_params("grokking", section | {"steps": 5})
+    with pytest.raises(ParamsError, match=r"grokking.workers = 0: Input should be greater than or equal to 1"):
+        load_params("grokking", section | {"workers": 0})

@@ -1,8 +1,12 @@
-"""End to end: a copy of the working tree, the smoke profile, DVC + papermill, as a user runs it."""
+"""End to end on a real ``git clone`` of the committed HEAD: the README's study command, smoke profile.
+
+The clone reuses this test run's virtual environment (``make -o`` marks its setup as done) and
+imports the clone's own ``src/`` (``PYTHONPATH``), so what runs is exactly what is committed.
+Uncommitted changes in the working tree are invisible here, as they are to a new user.
+"""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,112 +20,148 @@ from conftest import REPO
 from gradience.studies import STAGES
 from gradience.telemetry.glossary import undefined
 
-BIN = Path(sys.executable).parent
-ENV = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-                    "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+VENV = Path(sys.prefix)
 pytestmark = pytest.mark.slow
 
 
-def sh(*cmd, cwd, check=True):
-    res = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
+def sh(*cmd, cwd, check=True, env=None):
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and res.returncode:
-        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
     return res
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """The tracked and untracked-not-ignored files, as a fresh clone would have them, on the smoke profile.
+def clone(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("fresh") / "gradience"
+    sh("git", "clone", "-q", REPO, dest, cwd=REPO)
+    env = os.environ | {"PYTHONPATH": str(dest / "src"), "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}",
+                        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t"}
+    # The README's study command, switched to the smoke profile the documented way.
+    make = sh("make", "-o", f"{VENV}/.installed", f"VENV={VENV}", "study", "PROFILE=smoke", cwd=dest, env=env)
+    return dest, env, make.stdout + make.stderr
 
-    ``reports/`` is left out: every stage rewrites its report (and in a working tree it may hold
-    uncommitted outputs that a clone would not have).
-    """
-    dest = tmp_path_factory.mktemp("clone")
-    files = sh("git", "ls-files", "--cached", "--others", "--exclude-standard", cwd=REPO).stdout.split()
-    for rel in files:
-        if (Path(REPO) / rel).is_file() and not rel.startswith("reports/"):
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(Path(REPO) / rel, dest / rel)
-    sh("git", "init", "-q", cwd=dest)
-    sh("git", "add", "-A", cwd=dest)
-    sh("git", "commit", "-qm", "copy", cwd=dest)
-    sh("gradience", "profile", "smoke", cwd=dest)
-    assert "matches data.dvc" in sh("gradience", "data", "--verify", cwd=dest).stdout
-    sh("dvc", "repro", cwd=dest)
-    return dest
+
+def test_the_clone_runs_the_committed_code(clone):
+    dest, env, _ = clone
+    where = sh(sys.executable, "-c", "import gradience; print(gradience.__file__)", cwd=dest, env=env).stdout
+    assert where.strip() == str(dest / "src" / "gradience" / "__init__.py")
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_repro_writes_each_stage_report(repo, stage):
-    out = repo / "reports" / stage
-    for name in (f"{stage}.ipynb", "metrics.json", "telemetry.parquet", "runs.parquet"):
+def test_study_writes_each_report_and_its_tables(clone, stage):
+    dest, _, _ = clone
+    out = dest / "reports" / stage
+    for name in (f"{stage}.ipynb", "metrics.json", "tables/runs.parquet", "tables/params.json"):
         assert (out / name).exists(), name
     assert list((out / "figures").glob("*.png")), "no figures"
+    assert list((out / "plots").glob("*.csv")), "no plot data"
     notebook = (out / f"{stage}.ipynb").read_text()
     assert "Findings vs the seed" in notebook and '"output_type": "error"' not in notebook
-    assert json.loads((out / "metrics.json").read_text())
+    assert json.loads((out / "metrics.json").read_text())["findings"]
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_every_telemetry_metric_is_in_the_glossary(repo, stage):
-    metrics = set(pd.read_parquet(repo / "reports" / stage / "telemetry.parquet", columns=["metric"])["metric"])
-    assert not undefined(metrics)
+def test_every_telemetry_metric_is_in_the_glossary(clone, stage):
+    dest, _, _ = clone
+    tables = dest / "reports" / stage / "tables"
+    for table in tables.glob("*.parquet"):
+        frame = pd.read_parquet(table)
+        if "metric" in frame.columns:
+            assert not undefined(set(frame["metric"])), table.name
 
 
-def test_repro_is_then_up_to_date(repo):
-    assert "up to date" in sh("dvc", "status", cwd=repo).stdout
-    again = sh("dvc", "repro", cwd=repo).stdout
-    assert "Running stage" not in again
+def test_then_everything_is_up_to_date_and_git_sees_no_stray_outputs(clone):
+    dest, env, _ = clone
+    assert "up to date" in sh("dvc", "status", cwd=dest, env=env).stdout
+    assert "Running stage" not in sh("dvc", "repro", cwd=dest, env=env).stdout
+    changed = {line[3:] for line in sh("git", "status", "--porcelain", cwd=dest, env=env).stdout.splitlines()}
+    assert not [c for c in changed if "/tables" in c or c.endswith(".parquet")], changed
 
 
-def test_editing_one_section_reruns_only_that_stage(repo):
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["grokking"]["steps"] += 10
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    changed = json.loads(sh("dvc", "status", "--json", cwd=repo).stdout)
-    assert set(changed) == {"grokking"}
-    sh("gradience", "profile", "smoke", cwd=repo)
-    assert "up to date" in sh("dvc", "status", cwd=repo).stdout
+def test_editing_a_report_key_reruns_only_that_notebook(clone):
+    dest, env, _ = clone
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["grokking"]["report"]["kappa_recovery_alert"] = 3.0
+    params["grokking"]["workers"] = 2  # not tracked: cannot change a result
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert set(json.loads(sh("dvc", "status", "--json", cwd=dest, env=env).stdout)) == {"grokking"}
+    ran = sh("dvc", "repro", cwd=dest, env=env).stdout
+    assert "Running stage 'grokking'" in ran and "grokking_runs" not in ran.replace("Stage 'grokking_runs' didn't change", "")
+    params["grokking"]["runs"]["steps"] += 10
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert set(json.loads(sh("dvc", "status", "--json", cwd=dest, env=env).stdout)) == {"grokking_runs"}
+    sh("git", "checkout", "params.yaml", cwd=dest, env=env)
+    sh("gradience", "profile", "smoke", cwd=dest, env=env)
 
 
-def test_same_params_and_seed_give_identical_metrics(repo):
-    before = {s: (repo / f"reports/{s}/metrics.json").read_text() for s in STAGES}
-    sh("dvc", "repro", "--force", cwd=repo)
-    after = {s: (repo / f"reports/{s}/metrics.json").read_text() for s in STAGES}
+def test_an_experiment_with_a_set_param_runs(clone):
+    dest, env, _ = clone
+    sh("git", "add", "-A", cwd=dest, env=env)
+    sh("git", "commit", "-qm", "smoke study", cwd=dest, env=env)
+    sh("dvc", "exp", "run", "-S", "grokking.report.grok_threshold=0.9", cwd=dest, env=env)
+    shown = sh("dvc", "exp", "show", "--json", cwd=dest, env=env).stdout
+    assert "grok_threshold" in shown
+
+
+def test_same_params_and_seed_give_identical_metrics(clone):
+    dest, env, _ = clone
+    sh("dvc", "exp", "apply", "HEAD", cwd=dest, env=env, check=False)
+    sh("git", "checkout", "--", ".", cwd=dest, env=env)
+    sh("dvc", "checkout", "--force", cwd=dest, env=env)
+    before = {s: (dest / f"reports/{s}/metrics.json").read_text() for s in STAGES}
+    sh("dvc", "repro", "--force", cwd=dest, env=env)
+    after = {s: (dest / f"reports/{s}/metrics.json").read_text() for s in STAGES}
     assert after == before
 
 
-def test_bad_params_stop_before_any_work_and_keep_reports(repo, tmp_path):
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["grokking"]["lr"] = -0.1
-    params["grokking"]["stepz"] = 5
+def test_bad_params_stop_before_any_work_and_keep_reports(clone, tmp_path):
+    dest, env, _ = clone
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["grokking"]["runs"]["lr"] = -0.1
+    params["grokking"]["runs"]["stepz"] = 5
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(params))
-    res = sh("gradience", "run", "grokking", "--params", str(bad), cwd=repo, check=False)
+    res = sh("gradience", "run", "grokking", "--params", str(bad), cwd=dest, env=env, check=False)
     assert res.returncode == 2
-    assert "grokking.lr = -0.1: Input should be greater than 0" in res.stderr
-    assert "grokking.stepz = 5: unknown key" in res.stderr
-    assert (repo / "reports/grokking/metrics.json").exists()
+    assert "grokking.runs.lr = -0.1: Input should be greater than 0" in res.stderr
+    assert "grokking.runs.stepz = 5: unknown key" in res.stderr
+    assert (dest / "reports/grokking/metrics.json").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA to fail")
-def test_a_failing_notebook_leaves_nothing_in_reports(repo, tmp_path):
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["grokking"]["device"] = "cuda"  # valid, but this machine has no GPU: fails inside the notebook
+def test_a_failing_run_or_notebook_leaves_nothing_half_written(clone, tmp_path):
+    dest, env, _ = clone
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["grokking"]["runs"]["device"] = "cuda"  # valid, but this machine has no GPU
     bad = tmp_path / "cuda.yaml"
     bad.write_text(yaml.safe_dump(params))
-    res = sh("gradience", "run", "grokking", "--params", str(bad), "--quiet", cwd=repo, check=False)
-    assert res.returncode == 1, res.stderr
-    assert "no CUDA device is available" in res.stderr
-    assert not (repo / "reports/grokking").exists()
-    assert (repo / ".gradience/failed/grokking.ipynb").exists()
-
-
-def test_data_that_differs_from_data_dvc_is_refused(repo):
-    committed = (repo / "data.dvc").read_text()
-    (repo / "data.dvc").write_text(committed.replace("md5: ", "md5: 0", 1))
+    tables = sorted(p.name for p in (dest / "reports/grokking/tables").iterdir())
+    res = sh("gradience", "train", "grokking", "--params", str(bad), cwd=dest, env=env, check=False)
+    assert res.returncode != 0 and "no CUDA device is available" in res.stderr
+    assert sorted(p.name for p in (dest / "reports/grokking/tables").iterdir()) == tables
+    assert not list((dest / "reports/grokking").glob(".tables-*"))
+    broken = dest / "notebooks" / "grokking.py"
+    source = broken.read_text()
+    broken.write_text(source.replace("results = grokking.analyse(", "raise RuntimeError('boom')\nresults = grokking.analyse(", 1))
     try:
-        res = sh("gradience", "data", "--verify", cwd=repo, check=False)
+        res = sh("gradience", "report", "grokking", "--quiet", cwd=dest, env=env, check=False)
+    finally:
+        broken.write_text(source)
+    assert res.returncode == 1 and "boom" in res.stderr
+    assert not (dest / "reports/grokking/metrics.json").exists()
+    assert not (dest / "reports/grokking/grokking.ipynb").exists()
+    assert (dest / "reports/grokking/tables/runs.parquet").exists()
+    assert (dest / ".gradience/failed/grokking.ipynb").exists()
+
+
+def test_data_that_differs_from_data_dvc_is_refused(clone):
+    dest, env, _ = clone
+    committed = (dest / "data.dvc").read_text()
+    (dest / "data.dvc").write_text(committed.replace("md5: ", "md5: 0", 1))
+    try:
+        res = sh("gradience", "data", "--verify", cwd=dest, env=env, check=False)
         assert res.returncode == 1 and "hashes to" in res.stderr
     finally:
-        (repo / "data.dvc").write_text(committed)
+        (dest / "data.dvc").write_text(committed)

@@ -132,6 +132,20 @@ def test_coupling_test_finds_a_known_lead_and_rejects_independent_series():
     assert math.isnan(lm_regimes.coupling_test(x[:10], y[:10], c)["p_value"])  # below min_points
 
 
+def test_prepared_series_is_the_detrended_log_of_a_positive_series():
+    from gradience.telemetry import signals
+
+    x = np.array([1.0, 10.0, 100.0, 1000.0, 10.0, 1.0])
+    np.testing.assert_allclose(signals.log_if_positive(x), [0, 1, 2, 3, 1, 0])
+    with_zero = np.array([0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(signals.log_if_positive(with_zero), with_zero)  # not all positive: as is
+    c = lm_regimes.CouplingParams(max_lag=1, surrogates=19, detrend="linear", min_points=6)
+    resid = c.prepare(x)
+    t = np.arange(6)
+    slope, icpt = np.polyfit(t, np.log10(x), 1)
+    np.testing.assert_allclose(resid, np.log10(x) - (slope * t + icpt), atol=1e-12)
+
+
 def test_coupling_params_reject_too_few_points_for_the_lags():
     with pytest.raises(ValueError, match="min_points=8 must be ≥ 2·max_lag \\+ 3 = 11"):
         lm_regimes.CouplingParams(max_lag=4, surrogates=99, min_points=8)
@@ -158,7 +172,7 @@ def test_vectorised_surrogate_p_value_equals_signals_surrogate_pvalue():
     rng = np.random.default_rng(3)
     x, y = _ar1(40, 0.6, rng), _ar1(40, 0.6, rng)
     c = lm_regimes.CouplingParams(max_lag=3, surrogates=99, detrend="none", min_points=12)
-    xr, yr = lm_regimes.prepare_series(x, c), lm_regimes.prepare_series(y, c)
+    xr, yr = c.prepare(x), c.prepare(y)
 
     def stat(s):
         return float(np.nanmax(np.abs(signals.lead_lag(s, yr, 3).correlation)))

@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -5,10 +6,12 @@ import pandas as pd
 import pytest
 import torch
 
-from gradience.config import ParamsError, load_stage_params
+from gradience.config import ParamsError
 from gradience.models.cnn import DigitsCNN
 from gradience.models.mlp import MLP
 from gradience.profiles import profile_params
+from gradience.reporting import VERDICTS
+from gradience.studies import base
 from gradience.studies import rank_survey as rs
 from gradience.telemetry.recorder import Cadence, Recorder
 from gradience.training import TrainConfig, train
@@ -17,8 +20,11 @@ C = rs.Criterion(smoothing_window=3, expand_min=0.05, compress_min=0.05, plateau
 T = np.arange(0, 101, 5)  # 21 cadence points, plateau window t ≥ 80
 
 
-def _smoke(**changes):
-    return load_stage_params("rank_survey", profile_params("smoke")["rank_survey"] | changes)
+def _smoke(runs=None, report=None):
+    """The smoke profile's validated section, with ``runs`` / ``report`` keys replaced."""
+    section = profile_params("smoke")["rank_survey"]
+    return base.load_params("rank_survey", section | {"runs": section["runs"] | (runs or {}),
+                                                      "report": section.get("report", {}) | (report or {})})
 
 
 def _piecewise(*knots):
@@ -121,17 +127,35 @@ def test_models_and_normalisation_switches():
 def test_params_reject_impossible_settings():
     arms = [{"name": "a", "role": "healthy"}, {"name": "b", "role": "healthy"}]
     with pytest.raises(ParamsError, match="exactly one arm must have role 'healthy'"):
-        _smoke(arms=arms)
+        _smoke(runs={"arms": arms})
     with pytest.raises(ParamsError, match="start_fraction \\+ duration_fraction must be < 1"):
-        _smoke(spike={"start_fraction": 0.9, "duration_fraction": 0.2})
-    with pytest.raises(ParamsError, match="rank_survey.families.0 = 'rnn'"):
-        _smoke(families=["rnn"])
+        _smoke(runs={"spike": {"start_fraction": 0.9, "duration_fraction": 0.2}})
+    with pytest.raises(ParamsError, match="rank_survey.runs.families.0 = 'rnn'"):
+        _smoke(runs={"families": ["rnn"]})
+    transformer = profile_params("smoke")["rank_survey"]["runs"]["transformer"]
     with pytest.raises(ParamsError, match="d_model=10 must be divisible by n_heads=4"):
-        _smoke(transformer=profile_params("smoke")["rank_survey"]["transformer"] | {"d_model": 10, "n_heads": 4})
+        _smoke(runs={"transformer": transformer | {"d_model": 10, "n_heads": 4}})
+    with pytest.raises(ParamsError, match="rank_survey.report.auc_min"):  # an analysis key, under report
+        _smoke(report={"auc_min": 0.4})
+    with pytest.raises(ParamsError, match="rank_survey.runs.setback_min = 0.2: unknown key"):
+        _smoke(runs={"setback_min": 0.2})
 
 
-def _results(h4, monotone, excess, destabilised, jumps=(0.5, 0.1)):
-    """A synthetic :class:`Results` with one family, two seeds, four layers."""
+def test_jobs_cover_the_grid_with_unique_readable_ids_slow_families_first():
+    p = _smoke(runs={"seeds": [0, 1, 2]}).runs
+    jobs = rs.jobs(p, "data")
+    assert len(jobs) == len(p.families) * len(p.arms) * 3
+    assert len({j.run_id for j in jobs}) == len(jobs)
+    assert {j.run_id for j in jobs} == {f"{f}/{a.name}/s{s}" for f in p.families for a in p.arms for s in (0, 1, 2)}
+    assert all(j.spec == (j.condition.split("/")[0], next(a for a in p.arms if a.name == j.condition.split("/")[1]))
+               for j in jobs)
+    families = [j.spec[0] for j in jobs]
+    assert families == sorted(families, key=lambda f: -rs.RUN_COST[f])  # transformer, then cnn, then mlp
+    assert families[0] == "transformer" and families[-1] == "mlp"
+
+
+def _analysis(p, h4, monotone, excess, destabilised, jumps=(0.5, 0.1)):
+    """A synthetic :class:`Analysis` with one family, two seeds, four layers."""
     shapes = pd.DataFrame([{"run": f"mlp/healthy/s{s}", "family": "mlp", "arm": "healthy", "role": "healthy",
                             "seed": s, "scope": f"l{i}", "hypothesis4": h4, "monotone": monotone,
                             "label": rs.ECP if h4 else "flat"} for s in (0, 1) for i in range(4)])
@@ -143,50 +167,85 @@ def _results(h4, monotone, excess, destabilised, jumps=(0.5, 0.1)):
                               "flat": [False, False, True], "n_seeds": 2})
     signature = pd.DataFrame({"family": "mlp", "arm": "lr_spike", "metric": "effective_rank",
                               "excess_after": [excess] * 8})
-    return rs.Results(pd.DataFrame(), runs, shapes, agreement, signature)
+    return rs.Analysis(p.runs, pd.DataFrame(), runs, shapes, agreement, signature)
 
 
 def test_findings_verdicts_follow_the_measurements():
-    p = _smoke(families=["mlp"], arms=[{"name": "healthy", "role": "healthy"},
-                                      {"name": "lr_spike", "role": "unstable", "lr_spike": 10.0}])
+    p = _smoke(runs={"families": ["mlp"], "arms": [{"name": "healthy", "role": "healthy"},
+                                                   {"name": "lr_spike", "role": "unstable", "lr_spike": 10.0}]})
 
-    def verdicts(res):
-        return [r["verdict"] for r in rs.findings(res, p)]
+    def verdicts(a):
+        return [r["verdict"] for r in rs.findings(a, p.report)]
 
-    # H4, monotone, structure, inflation, sudden change
-    assert verdicts(_results(True, False, 0.2, True)) == ["reproduced", "not reproduced", "reproduced",
-                                                          "reproduced", "reproduced"]
-    rows = rs.findings(_results(False, True, -0.3, True, jumps=(0.1, 0.5)), p)
+    rows = rs.findings(_analysis(p, True, False, 0.2, True), p.report)
+    assert [r["id"] for r in rows] == ["rank_survey.expansion_compression_plateau", "rank_survey.monotone_decrease",
+                                       "rank_survey.structured_dynamics", "rank_survey.instability_rank_inflation",
+                                       "rank_survey.instability_sudden_change"]
+    assert [r["verdict"] for r in rows] == ["reproduced", "not reproduced", "reproduced", "reproduced", "reproduced"]
+    assert rows[3]["measured"].startswith("lr_spike (lr × 10 for 4% of the run): ")
+    assert "after the spike vs healthy: 20.0 ± 0.0 (n=8) %; inflated (≥ +5%) 100%" in rows[3]["measured"]
+    assert "AUC of the largest effective-rank jump, unstable vs healthy: mlp 1.00" in rows[4]["measured"]
+    assert rows[2]["seed"] == "falsified if rank dynamics are noisy/random (falsifier 4)"  # from the registry
+    rows = rs.findings(_analysis(p, False, True, -0.3, True, jumps=(0.1, 0.5)), p.report)
     assert [r["verdict"] for r in rows] == ["not reproduced", "reproduced", "reproduced", "not reproduced",
                                             "not reproduced"]
     assert "rank collapse" in rows[3]["why"] and "2/2 moving layers" in rows[2]["measured"]
-    assert verdicts(_results(True, False, 0.2, False))[3:] == ["inconclusive", "inconclusive"]
+    assert "mlp 0.00" in rows[4]["measured"]
+    assert verdicts(_analysis(p, True, False, 0.2, False))[3:] == ["inconclusive", "inconclusive"]
+    # a report threshold changes the verdict without retraining: neither moving layer (R² 0.95, 0.9) reaches 0.96
+    strict = p.report.model_copy(update={"r2_min": 0.96})
+    row = rs.findings(_analysis(p, True, False, 0.2, True), strict)[2]
+    assert row["verdict"] == "not reproduced" and "0/2 moving layers ≥ 0.96" in row["measured"]
 
 
 def test_smoke_stage_end_to_end(data_dir, tmp_path):
     p = _smoke()
-    res = rs.run(p, tmp_path, data_dir)
-    for name in ("telemetry", "runs", "shapes"):
-        assert (tmp_path / f"{name}.parquet").exists()
-    n_runs = len(p.families) * len(p.arms) * len(p.seeds)
-    assert len(res.runs) == n_runs and set(res.runs["outcome"]) == {"completed"}
-    assert set(res.shapes["label"]) <= set(rs.SHAPES)
+    tables = base.train("rank_survey", p, tmp_path, data_dir)
+    assert sorted(f.name for f in tables.iterdir()) == ["params.json", "runs.parquet", "telemetry.parquet"]
+    t = base.load_tables("rank_survey", tmp_path / "tables")
+    assert t.params == p.runs
+    n_runs = len(p.runs.families) * len(p.runs.arms) * len(p.runs.seeds)
+    assert len(t.runs) == n_runs and set(t.runs["outcome"]) == {"completed"}
+    assert {"profile", "device", "git_rev", "versions", "wall_seconds", "family", "arm", "event_start"} <= set(t.runs)
+    a = rs.analyse(t, p.report)
+    assert {"setback", "destabilised", "rank_jump"} <= set(a.runs)
+    assert t.runs["run"].iloc[0].startswith("transformer/")  # trained slow runs first, analysed in grid order:
+    assert a.runs["run"].tolist() == [f"{f}/{arm.name}/s{s}" for f in p.runs.families for arm in p.runs.arms
+                                      for s in p.runs.seeds]
+    assert set(a.shapes["label"]) <= set(rs.SHAPES)
+    n_layers = t.telemetry[t.telemetry.scope != "model"].groupby("run")["scope"].nunique().sum()
+    assert len(a.shapes) == n_layers  # one shape per (run, layer) trajectory
     # a spike arm is the healthy run until the spike starts (same seed, data and initialisation)
-    sig = res.signature[res.signature["arm"] == "lr_spike"]
-    tel = res.telemetry.set_index(["run", "scope", "metric", "step"])["value"]
+    sig = a.signature[a.signature["arm"] == "lr_spike"]
+    assert len(sig)
+    tel = t.telemetry.set_index(["run", "scope", "metric", "step"])["value"]
     for row in sig.head(5).itertuples():
-        start = res.runs.set_index("run").loc[row.run, "event_start"]
+        start = t.runs.set_index("run").loc[row.run, "event_start"]
+        assert start == rs.family_spike_window(p.runs, row.family)[0]
         healthy = row.run.replace("lr_spike", "healthy")
         assert row.before == tel[(healthy, row.scope, row.metric, start)]
     # the recorded effective rank at step 0 is exp(H(σ/Σσ)) of the freshly initialised, matricised kernel
-    _, cnn = rs.build_split_and_model("cnn", p.cnn, True, p.seeds[0], data_dir)
-    sigma = np.linalg.svd(cnn.convs[1].weight.detach().double().reshape(p.cnn.channels[1], -1).numpy(),
+    _, cnn = rs.build_split_and_model("cnn", p.runs.cnn, True, p.runs.seeds[0], data_dir)
+    sigma = np.linalg.svd(cnn.convs[1].weight.detach().double().reshape(p.runs.cnn.channels[1], -1).numpy(),
                           compute_uv=False)
     q = sigma / sigma.sum()
-    recorded = tel[(f"cnn/healthy/s{p.seeds[0]}", "convs.1.weight", "effective_rank", 0)]
+    recorded = tel[(f"cnn/healthy/s{p.runs.seeds[0]}", "convs.1.weight", "effective_rank", 0)]
     assert recorded == pytest.approx(np.exp(-(q * np.log(q)).sum()), rel=1e-10)
-    rows = rs.findings(res, p)
-    assert len(rows) == 3 + 2 * sum(a.role == "unstable" for a in p.arms)
-    assert {r["verdict"] for r in rows} <= {"reproduced", "not reproduced", "not comparable", "inconclusive"}
-    metrics = rs.summary_metrics(res, p)
-    assert set(metrics["runs"]) == set(p.families)
+    rows = rs.findings(a, p.report)
+    assert len(rows) == 3 + 2 * sum(arm.role == "unstable" for arm in p.runs.arms)
+    assert {r["verdict"] for r in rows} <= set(VERDICTS)
+    metrics = rs.metrics(a, p.report)
+    assert set(metrics["runs"]) == set(p.runs.families)
+    assert metrics["runs"]["mlp"]["healthy"]["destabilised_runs"] == int(
+        a.runs.query("family == 'mlp' and arm == 'healthy'")["destabilised"].sum())
+    curves = rs.curves(a, p.report)
+    assert list(curves.columns) == ["curve", "step", "value"]
+    assert set(curves["curve"]) == {f"{m}_{f}_{arm.name}" for m in ("effective_rank", "train_loss")
+                                    for f in p.runs.families for arm in p.runs.arms}
+    table = base.write_report("rank_survey", a, p.report, tmp_path)
+    assert len(table) == len(rows)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert sum(written["findings"].values()) == len(rows)
+    mlp = pd.read_csv(tmp_path / "plots" / "effective_rank_mlp_healthy.csv")
+    layers = rs.layer_frame(t.telemetry, t.runs).query("family == 'mlp' and arm == 'healthy'")
+    np.testing.assert_allclose(mlp["value"], layers.groupby("step")["value"].mean().to_numpy(), rtol=1e-5)

@@ -1,7 +1,7 @@
-"""The ``gradience`` command: the pipeline's stages, profiles, data and checks.
+"""gradience: the pipeline's stages, profiles, data and checks.
 
-Each protocol is two DVC stages: ``gradience train STUDY`` (the grid of runs → tables) and
-``gradience report STUDY`` (the notebook → reports/STUDY/). ``dvc repro`` calls both.
+Each study is two DVC stages: `gradience train STUDY` (the grid of runs -> tables) and
+`gradience report STUDY` (the notebook -> reports/STUDY/). `dvc repro` runs both, when stale.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ COMMANDS = {
     "check": "validate params.yaml (every section) without running anything",
     "profile": "rewrite params.yaml from a profile: default, smoke or paper",
     "data": "rebuild data/ deterministically (--verify: check it against data.dvc)",
+    "verify": "compare reruns' metrics.json with the committed ones (exit 1 if a verdict flips)",
     "pipeline": "regenerate dvc.yaml from the studies and their import closures",
     "stages": "list the studies",
 }
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--verify", action="store_true", help="check the rebuilt folder against data.dvc")
     pipe = sub.add_parser("pipeline", help=COMMANDS["pipeline"], description=COMMANDS["pipeline"])
     pipe.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml differs, write nothing")
+    ver = sub.add_parser("verify", help=COMMANDS["verify"], description=COMMANDS["verify"])
+    ver.add_argument("stages", nargs="*", help="studies to check (default: every report present)")
+    ver.add_argument("--ref", default="HEAD", help="git revision holding the committed metrics")
     sub.add_parser("stages", help=COMMANDS["stages"], description=COMMANDS["stages"])
     args = parser.parse_args(argv)
     try:
@@ -103,6 +107,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             except DataMismatch as exc:
                 print(f"gradience: {exc}", file=sys.stderr)
                 return 1
+    elif args.command == "verify":
+        from gradience import verify
+
+        return verify.main(args.stages, args.ref)
     elif args.command == "pipeline":
         from gradience.pipeline import DVC_YAML, render
 

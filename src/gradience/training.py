@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from gradience.tasks import Split
 from gradience.telemetry.recorder import MODEL_SCOPE, Cadence, Recorder

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import Field, create_model
+import torch
+from pydantic import Field, create_model, field_validator
 
 from gradience.config import (
     PARAMS_FILE,
@@ -44,7 +45,7 @@ from gradience.config import (
     read_params_file,
     validate_section,
 )
-from gradience.parallel import map_runs
+from gradience.parallel import check_executor, map_runs
 from gradience.provenance import git_revision, library_versions
 from gradience.studies import STAGES, study
 
@@ -65,18 +66,26 @@ class ReportParams(Section):
 
 
 class StudyParams(Section):
-    """One ``params.yaml`` section: ``workers`` (not tracked by DVC), ``runs`` and ``report``."""
+    """One ``params.yaml`` section: ``workers``, ``executor`` (not tracked by DVC), ``runs`` and ``report``."""
 
     workers: int = Field(default=1, ge=1, le=256, description="parallel runs; cannot change a result")
+    executor: str = Field(default="local", description='where runs go: "local" (processes here), "ray" '
+                          '(ray.init(): RAY_ADDRESS or a new local instance) or "ray://host:port" (workers is '
+                          "then ignored); cannot change a result")
     runs: RunParams
     report: ReportParams = ReportParams()
+
+    @field_validator("executor")
+    @classmethod
+    def _known_executor(cls, value: str) -> str:
+        return check_executor(value)
 
 
 @cache
 def params_schema(stage: str) -> type[StudyParams]:
     mod = study(stage)
     return create_model(f"{stage}_params", __base__=StudyParams, runs=(mod.RunParams, ...),
-                        report=(mod.ReportParams, mod.ReportParams()))
+                        report=(mod.ReportParams, Field(default_factory=mod.ReportParams)))
 
 
 def load_params(stage: str, section: dict[str, Any] | None = None, path: str | Path = PARAMS_FILE) -> StudyParams:
@@ -143,7 +152,9 @@ def train(stage: str, p: StudyParams, out_dir: str | Path, data_dir: str | Path 
     if missing:
         raise FileNotFoundError(f"stage {stage!r} needs {missing} under {data_dir}/: run `gradience data` first")
     jobs = mod.jobs(p.runs, str(data_dir))
-    outputs = map_runs(_timed, [(mod.run_one, j) for j in jobs], workers=p.workers, desc=f"{stage} runs")
+    gpus = 1 if p.runs.device == "cuda" or (p.runs.device == "auto" and torch.cuda.is_available()) else 0
+    outputs = map_runs(_timed, [(mod.run_one, j) for j in jobs], workers=p.workers, desc=f"{stage} runs",
+                       executor=p.executor, gpus_per_run=gpus)
     final = Path(out_dir) / TABLES_DIR
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{TABLES_DIR}-", dir=final.parent))
@@ -154,6 +165,7 @@ def train(stage: str, p: StudyParams, out_dir: str | Path, data_dir: str | Path 
             table.to_parquet(tmp / f"{name}.parquet", index=False)
         pd.DataFrame([o.record for o in outputs]).to_parquet(tmp / "runs.parquet", index=False)
         (tmp / RUN_PARAMS_FILE).write_text(json.dumps(p.runs.model_dump(mode="json"), indent=2) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes it private
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     finally:

@@ -8,7 +8,7 @@ through their n × n Gram matrix: top eigenvalues, tr F, tr F², the participati
 (tr F)²/tr F², the decay exponent of √λ_i, the overlap of F's top eigenvector with each weight
 matrix's top singular directions, and the natural-gradient alignment cos(∇L, (F + λI)⁻¹∇L).
 
-Definitions used by the verdicts (``analysis`` params):
+Definitions used by the verdicts (``report.analysis`` params):
 
 - Dampings are *relative*: λ = δ·λ₁(F) for δ in ``fisher.dampings``, so the alignment means the
   same thing while the Fisher's scale changes by decades over training.
@@ -32,38 +32,37 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
-from gradience.config import Section, StageParams
-from gradience.parallel import map_runs
+from gradience.config import Section
 from gradience.reporting import finding, mean_spread
+from gradience.studies import base
 from gradience.studies.lm_regimes import (
     DIVERGED_OUTCOMES,
     CouplingParams,
     LMData,
     LMModel,
     Regime,
-    RegimeRun,
     coupling_table,
     model_table,
     pre_divergence,
+    regime_runs,
     train_regime,
     unique_regimes,
 )
 from gradience.telemetry.probes import FISHER_KIND_PREFIX, fisher_probe
-from gradience.telemetry.recorder import write_parquet
+from gradience.telemetry.recorder import MODEL_SCOPE
 
 FisherKind = Literal["empirical", "true"]
 WEIGHT_METRICS = ("kappa", "spectral_norm_max", "stable_rank_mean", "effective_rank", "alpha_mean", "weight_norm")
 FISHER_METRICS = ("fisher_top1", "fisher_trace", "fisher_eff_dim", "fisher_kappa_k", "fisher_alpha",
                   "fisher_overlap_enrichment", "fisher_share_enrichment")
+THRESHOLD_CLAIMS = {"share": "fisher_geometry.alignment_threshold_share",
+                    "overlap": "fisher_geometry.alignment_threshold_overlap"}
 ALIGNMENTS = {"share": "fisher_share_enrichment", "overlap": "fisher_overlap_enrichment"}
-ALIGNMENT_NAMES = {"share": "share of tr F in the weights' top singular subspace",
-                   "overlap": "overlap of F's top eigenvector with the weights' top singular directions"}
 
 
 class FisherProbeParams(Section):
@@ -83,11 +82,17 @@ class FisherProbeParams(Section):
         return v
 
 
+DEFAULT_PAIRS = [("alpha_mean", "fisher_alpha"), ("kappa", "fisher_kappa_k"), ("spectral_norm_max", "fisher_top1"),
+                 ("effective_rank", "fisher_eff_dim"), ("stable_rank_mean", "fisher_eff_dim")]
+
+
 class AnalysisParams(CouplingParams):
     kind: FisherKind = Field(default="true", description="the Fisher that carries the verdicts")
     damping: float = Field(default=1e-2, gt=0, description="relative damping of the NG-alignment verdict")
-    pairs: list[tuple[str, str]] = Field(min_length=1, description="(weight metric, Fisher metric)")
+    pairs: list[tuple[str, str]] = Field(default=DEFAULT_PAIRS, min_length=1, description="(weight metric, Fisher metric)")
     from_step: int = Field(default=1, ge=0, description="per-run statistics use steps ≥ this (θ₀ has no alignment to keep)")
+    max_lag: int = Field(default=3, ge=0, description="cadence points")
+    surrogates: int = Field(default=499, ge=19)
 
     @field_validator("pairs")
     @classmethod
@@ -98,7 +103,7 @@ class AnalysisParams(CouplingParams):
         return v
 
 
-class Params(StageParams):
+class RunParams(base.RunParams):
     data: LMData
     model: LMModel
     regimes: list[Regime] = Field(min_length=1)
@@ -107,24 +112,38 @@ class Params(StageParams):
     blowup_factor: float = Field(default=1.5, gt=1)
     spectra_every: int = Field(default=0, ge=0)
     fisher: FisherProbeParams = FisherProbeParams()
-    analysis: AnalysisParams
 
     @field_validator("regimes")
     @classmethod
     def _unique(cls, v: list[Regime]) -> list[Regime]:
         return unique_regimes(v)
 
-    @model_validator(mode="after")
-    def _analysis_is_measured(self) -> Params:
-        if self.analysis.kind not in self.fisher.kinds:
-            raise ValueError(f"analysis.kind={self.analysis.kind!r} is not among fisher.kinds={self.fisher.kinds}")
-        if self.analysis.damping not in self.fisher.dampings:
-            raise ValueError(f"analysis.damping={self.analysis.damping} is not among fisher.dampings={self.fisher.dampings}")
-        return self
+
+class ReportParams(base.ReportParams):
+    analysis: AnalysisParams = AnalysisParams()
 
 
-def run_one(job: RegimeRun) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    p: Params = job.params  # type: ignore[assignment]
+DATA = ("text",)
+TABLES = ("telemetry", "spectra")
+
+
+def check_measured(a: AnalysisParams, f: FisherProbeParams) -> None:
+    """The analysed Fisher kind and damping must be among those the runs measured."""
+    if a.kind not in f.kinds:
+        raise ValueError(f"fisher_geometry.report.analysis.kind={a.kind!r} is not among the measured "
+                         f"fisher_geometry.runs.fisher.kinds={f.kinds}: change one, or rerun the training stage")
+    if a.damping not in f.dampings:
+        raise ValueError(f"fisher_geometry.report.analysis.damping={a.damping} is not among the measured "
+                         f"fisher_geometry.runs.fisher.dampings={f.dampings}: change one, or rerun the training stage")
+
+
+def jobs(p: RunParams, data_dir: str) -> list[base.Job]:
+    return [base.Job(p, r.name, s, data_dir, spec=r) for r in p.regimes for s in p.seeds]
+
+
+def run_one(job: base.Job) -> base.RunOutput:
+    """Train one regime × seed with the Fisher probe."""
+    p: RunParams = job.params  # type: ignore[assignment]
     f = p.fisher
     probe = fisher_probe(f.measure_batch, f.kinds, f.top_k, f.dampings, f.overlap_rank, f.seed)
     return train_regime(job, [probe], p.spectra_every)
@@ -134,14 +153,14 @@ def ng_key(damping: float) -> str:
     return f"ng_alignment@{damping:.0e}"
 
 
-def series_table(telemetry: pd.DataFrame, p: Params) -> pd.DataFrame:
+def series_table(telemetry: pd.DataFrame, a: AnalysisParams) -> pd.DataFrame:
     """:func:`lm_regimes.model_table`, plus the analysis kind's Fisher metrics without prefix
     (``fisher_top1``…, ``ng_alignment``) so the pairs and verdicts name them directly."""
     w = model_table(telemetry)
-    prefix = FISHER_KIND_PREFIX[p.analysis.kind] + "_"
+    prefix = FISHER_KIND_PREFIX[a.kind] + "_"
     for col in [c for c in w.columns if c.startswith(prefix)]:
         w[col[len(prefix):]] = w[col]
-    w["ng_alignment"] = w.get(ng_key(p.analysis.damping))
+    w["ng_alignment"] = w.get(ng_key(a.damping))
     return w
 
 
@@ -184,11 +203,12 @@ def alignment_threshold(summary: pd.DataFrame, measure: str = "share") -> dict[s
 SENSITIVITY_FRACTIONS = (0.05, 0.1, 0.2, 0.3)
 
 
-def h3_sensitivity(series: pd.DataFrame, runs: pd.DataFrame, p: Params) -> pd.DataFrame:
+def h3_sensitivity(series: pd.DataFrame, runs: pd.DataFrame, from_step: int, steps: int) -> pd.DataFrame:
     """:func:`alignment_threshold` for every measure when the window starts later: at
-    ``analysis.from_step`` and at :data:`SENSITIVITY_FRACTIONS` of the run (alignment needs a few
-    steps to form from a random θ₀; does the verdict hinge on where the window starts?)."""
-    starts = sorted({p.analysis.from_step, *(int(f * p.steps) for f in SENSITIVITY_FRACTIONS)})
+    ``from_step`` (``analysis.from_step``) and at :data:`SENSITIVITY_FRACTIONS` of the run's
+    ``steps`` (alignment needs a few steps to form from a random θ₀; does the verdict hinge on
+    where the window starts?)."""
+    starts = sorted({from_step, *(int(f * steps) for f in SENSITIVITY_FRACTIONS)})
     rows = []
     for start in starts:
         summary = run_summary(series, runs, start)
@@ -196,34 +216,53 @@ def h3_sensitivity(series: pd.DataFrame, runs: pd.DataFrame, p: Params) -> pd.Da
     return pd.DataFrame(rows)
 
 
+def per_matrix_share(telemetry: pd.DataFrame, runs: pd.DataFrame, a: AnalysisParams) -> pd.DataFrame:
+    """The analysis kind's ``fisher_share`` of every weight matrix from ``from_step`` on:
+    ``run, regime, step, matrix, value``."""
+    t = telemetry
+    per = t[(t.metric == f"{FISHER_KIND_PREFIX[a.kind]}_fisher_share") & (t.scope != MODEL_SCOPE) & (t.step >= a.from_step)]
+    per = per.merge(runs[["run", "regime"]], on="run")
+    matrix = per.scope.str.replace("lm.model.", "", regex=False).str.replace(".weight", "", regex=False)
+    return per.assign(matrix=matrix)[["run", "regime", "step", "matrix", "value"]]
+
+
 @dataclass
-class Results:
+class Analysis:
+    runs: RunParams
     telemetry: pd.DataFrame
-    spectra: pd.DataFrame
-    series: pd.DataFrame
-    summary: pd.DataFrame
-    coupling: pd.DataFrame
-    sensitivity: pd.DataFrame
+    series: pd.DataFrame  # model-scope series, one row per (run, step), with regime and seed
+    summary: pd.DataFrame  # one row per run: the run record and its alignment/NG/anisotropy summary
+    coupling: pd.DataFrame  # every run × (weight, Fisher) pair
+    sensitivity: pd.DataFrame  # the H3 threshold test for later window starts
+    thresholds: dict[str, dict[str, float]]  # alignment measure → :func:`alignment_threshold`
+    per_matrix: pd.DataFrame  # :func:`per_matrix_share`
 
 
-def run(p: Params, out_dir: str | Path, data_dir: str | Path = "data") -> Results:
-    """Train every regime × seed; write ``telemetry``, ``spectra``, ``runs`` and ``coupling`` parquet."""
-    jobs = [RegimeRun(p, r, s, str(data_dir)) for r in p.regimes for s in p.seeds]
-    outputs = map_runs(run_one, jobs, workers=p.workers, desc="fisher_geometry runs")
-    telemetry = pd.concat([o[0] for o in outputs], ignore_index=True)
-    spectra = pd.concat([o[1] for o in outputs], ignore_index=True)
-    runs = pd.DataFrame([o[2] for o in outputs])
-    series = series_table(telemetry, p)
-    summary = run_summary(series, runs, p.analysis.from_step)
-    coupling = coupling_table(series, runs, p.analysis.pairs, p.analysis, p.cadence_every)
+def analyse(tables: base.Tables, p: ReportParams) -> Analysis:
+    """Series, per-run summaries, the co-variation tests, the H3 thresholds and their sensitivity.
+
+    Raises ``ValueError`` when ``p.analysis`` names a Fisher kind or damping the runs did not measure.
+    """
+    rp: RunParams = tables.params  # type: ignore[assignment]
+    a = p.analysis
+    check_measured(a, rp.fisher)
+    runs = regime_runs(tables.runs)
+    series = series_table(tables.telemetry, a)
+    summary = run_summary(series, runs, a.from_step)
+    coupling = coupling_table(series, runs, a.pairs, a, rp.cadence_every)
     coupling = coupling.rename(columns={"x_metric": "weight_metric", "y_metric": "fisher_metric"})
-    sensitivity = h3_sensitivity(series, runs, p)
-    out = Path(out_dir)
-    write_parquet(telemetry, out / "telemetry.parquet")
-    write_parquet(spectra, out / "spectra.parquet")
-    write_parquet(summary, out / "runs.parquet")
-    write_parquet(coupling, out / "coupling.parquet")
-    return Results(telemetry, spectra, series, summary, coupling, sensitivity)
+    return Analysis(rp, tables.telemetry, series.merge(runs[["run", "regime", "seed"]], on="run"), summary, coupling,
+                    h3_sensitivity(series, runs, a.from_step, rp.steps),
+                    {m: alignment_threshold(summary, m) for m in ALIGNMENTS}, per_matrix_share(tables.telemetry, runs, a))
+
+
+def curves(a: Analysis, p: ReportParams) -> pd.DataFrame:
+    """Median training loss and median NG alignment (analysis kind and damping) per regime, against step."""
+    rows = []
+    for metric in ("train_loss", "ng_alignment"):
+        g = a.series.dropna(subset=[metric]).groupby(["regime", "step"])[metric].median().reset_index()
+        rows.append(g.assign(curve=metric + "_" + g["regime"]).rename(columns={metric: "value"}))
+    return pd.concat(rows, ignore_index=True)[["curve", "step", "value"]]
 
 
 def _separates(high: pd.Series, low: pd.Series) -> bool:
@@ -243,10 +282,8 @@ def _h3_row(summary: pd.DataFrame, measure: str, kind: str, sensitivity: pd.Data
     else:
         verdict, why = "not reproduced", "unstable runs keep the alignment as high as stable ones: no T separates them"
     return finding(
-        f"H3: stable training maintains Fisher–weight spectral alignment above a threshold T "
-        f"(A = {ALIGNMENT_NAMES[measure]}, {kind} Fisher)",
-        "T (hypothesis, no number)",
-        f"A / chance: stable min {mean_spread(stable[f'{measure}_min'])}, median "
+        THRESHOLD_CLAIMS[measure],
+        f"{kind} Fisher, A / chance: stable min {mean_spread(stable[f'{measure}_min'])}, median "
         f"{mean_spread(stable[f'{measure}_median'])}, share of points above chance "
         f"{mean_spread(stable[f'{measure}_above_chance'], '{:.2f}')}; unstable min "
         f"{mean_spread(unstable[f'{measure}_min'])}; T = {th['threshold']:.3g}; "
@@ -265,29 +302,27 @@ def _robustness(sensitivity: pd.DataFrame | None, measure: str) -> str:
             f"separated at {ok.from_step.tolist() or 'no start'}")
 
 
-def findings(summary: pd.DataFrame, coupling: pd.DataFrame, p: Params,
-             sensitivity: pd.DataFrame | None = None) -> list[dict[str, str]]:
+def findings(a: Analysis, p: ReportParams) -> list[dict[str, str]]:
     """The *Findings vs the seed* rows, each verdict a rule applied to the measured runs; the H3
     rows also report :func:`h3_sensitivity` (the verdict itself uses ``analysis.from_step``)."""
-    a = p.analysis
+    ap, summary, coupling = p.analysis, a.summary, a.coupling
     stable, unstable = summary[summary.kind == "stable"], summary[summary.kind == "unstable"]
     div = unstable.outcome.isin(DIVERGED_OUTCOMES)
-    rows = [finding("The unstable regime is unstable (diverges), the stable one is not", "Protocol C: stable vs unstable",
+    rows = [finding("fisher_geometry.regimes_differ",
                     f"unstable: {int(div.sum())}/{len(unstable)} diverged (step {mean_spread(unstable.diverged_at)}); "
                     f"stable: {int(stable.outcome.isin(DIVERGED_OUTCOMES).sum())}/{len(stable)}",
                     "reproduced" if len(unstable) and div.all() and not stable.outcome.isin(DIVERGED_OUTCOMES).any()
                     else "not reproduced", "the regimes must differ for the comparisons below to mean anything")]
     for measure in ALIGNMENTS:
-        rows.append(_h3_row(summary, measure, a.kind, sensitivity))
+        rows.append(_h3_row(summary, measure, ap.kind, a.sensitivity))
     allc = coupling[coupling.p_value.notna()]
     bonf = allc[allc.significant_bonferroni]
     enrich = summary.share_median
     related = len(bonf) > len(allc) / 2 or bool(len(enrich) and (enrich > 1).all())
     unrelated = len(bonf) == 0 and bool(len(enrich) and (enrich <= 1).all())
     rows.append(finding(
-        "Falsifier 3 is not met: Fisher and weight spectra are related in practice",
-        "falsified if Fisher and weight spectra are unrelated",
-        f"{len(bonf)}/{len(allc)} run×pair co-variation tests significant after Bonferroni over {len(a.pairs)} pairs; "
+        "fisher_geometry.spectra_related",
+        f"{len(bonf)}/{len(allc)} run×pair co-variation tests significant after Bonferroni over {len(ap.pairs)} pairs; "
         f"median enrichment of tr F in the weights' top singular subspace per run {mean_spread(enrich)}",
         "reproduced" if related else ("not reproduced" if unrelated else "inconclusive"),
         "related = the Fisher concentrates in the weights' top directions above chance in every run, "
@@ -296,20 +331,20 @@ def findings(summary: pd.DataFrame, coupling: pd.DataFrame, p: Params,
     if len(kap):
         n_sig = int(kap.significant.sum())
         rows.append(finding(
-            "κ of the weights correlates with κ of the Fisher (λ₁/λ_k) over training", "open question of the seed",
-            f"{n_sig}/{len(kap)} runs significant (p < {a.alpha}); r at best lag {mean_spread(kap.best_r)}",
+            "fisher_geometry.kappa_correlation",
+            f"{n_sig}/{len(kap)} runs significant (p < {ap.alpha}); r at best lag {mean_spread(kap.best_r)}",
             "reproduced" if n_sig > len(kap) / 2 else ("not reproduced" if n_sig == 0 else "inconclusive"),
             "detrended log series, surrogate-tested"))
-    ng = f"relative damping δ = {a.damping:g}"
+    ng = f"relative damping δ = {ap.damping:g}"
     rows.append(finding(
-        "Stable training ≈ high natural-gradient alignment, instability ≈ low", "Protocol C, step 4 (hypothesis)",
+        "fisher_geometry.ng_alignment_stability",
         f"median cos(∇L, (F+δλ₁I)⁻¹∇L): stable {mean_spread(stable.ng_alignment_median)}, unstable "
         f"{mean_spread(unstable.ng_alignment_median)} (last before divergence {mean_spread(unstable.ng_alignment_last)})",
         "not comparable" if not (len(stable) and len(unstable)) else
         ("reproduced" if _separates(stable.ng_alignment_median, unstable.ng_alignment_median) else "not reproduced"),
-        f"{a.kind} Fisher, {ng}; every stable run must be above every unstable run"))
+        f"{ap.kind} Fisher, {ng}; every stable run must be above every unstable run"))
     rows.append(finding(
-        "Instability corresponds to extreme anisotropy of the Fisher", "open question of the seed",
+        "fisher_geometry.anisotropy_instability",
         f"smallest participation ratio (tr F)²/tr F² before divergence: unstable {mean_spread(unstable.eff_dim_min)}, "
         f"stable {mean_spread(stable.eff_dim_min)}",
         "not comparable" if not (len(stable) and len(unstable)) else
@@ -318,11 +353,12 @@ def findings(summary: pd.DataFrame, coupling: pd.DataFrame, p: Params,
     return rows
 
 
-def regime_metrics(summary: pd.DataFrame, coupling: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Per regime: outcomes, alignment, NG alignment, anisotropy, exponents, coupling counts."""
+def metrics(a: Analysis, p: ReportParams) -> dict:
+    """Per regime: outcomes, alignment, NG alignment, anisotropy, exponents, coupling counts; and
+    the H3 thresholds."""
     out = {}
-    for name, g in summary.groupby("regime", sort=False):
-        c = coupling[coupling.regime == name]
+    for name, g in a.summary.groupby("regime", sort=False):
+        c = a.coupling[a.coupling.regime == name]
         out[str(name)] = {
             "diverged_runs": float(g.outcome.isin(DIVERGED_OUTCOMES).sum()),
             "diverged_at_median": float(g.diverged_at.median()),
@@ -337,4 +373,4 @@ def regime_metrics(summary: pd.DataFrame, coupling: pd.DataFrame) -> dict[str, d
             "coupling_significant_bonferroni": float(c.significant_bonferroni.sum()),
             "coupling_tests": float(c.p_value.notna().sum()),
         }
-    return out
+    return {"regimes": out, "alignment_threshold": a.thresholds}

@@ -191,7 +191,7 @@ def score_alerts(summary: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass
 class Analysis:
-    runs: RunParams
+    params: RunParams
     telemetry: pd.DataFrame
     model: pd.DataFrame  # model-scope metrics, one row per (run, step), with condition/seed/grokked
     summary: pd.DataFrame
@@ -249,7 +249,7 @@ def findings(a: Analysis, p: ReportParams) -> list[dict[str, str]]:
     """The *Findings vs the seed* rows, each with its verdict rule applied to the measured runs."""
     from gradience.reporting import finding, mean_spread
 
-    summary, rp, rows = a.summary, a.runs, []
+    summary, rp, rows = a.summary, a.params, []
     probe_step = int(p.kappa_probe_fraction * rp.steps)
     for name, (claim, seed_grokked) in SEED_OUTCOMES.items():
         g = _runs(summary, name)

@@ -11,8 +11,9 @@ spectral metrics"; its falsifier: "no detectable precursors to phase transitions
   noise scale B_simple on a fixed subsample of training examples).
 - Memorisation step t_mem: the first cadence step with train accuracy ≥ ``memorised_threshold``.
 - Transition onset t*: the first cadence step from which test accuracy stays ≥ ``onset_threshold``
-  (:func:`gradience.telemetry.signals.detect_transition`), i.e. where test accuracy leaves chance
-  for good. Grok step: the same with ``grok_threshold``; a run *grokked* when it has one.
+  (:func:`gradience.studies.grokking.grok_step`, the grokking study's definition), i.e. where test
+  accuracy leaves chance for good. Grok step: the same with ``grok_threshold``; a run *grokked*
+  when it has one.
 - Pre-transition window: cadence steps in [t_mem, t*). A run that did not grok (a negative
   control) is analysed over [t_mem, t*_ref), t*_ref the median onset of the grokking runs with the
   same seed (of all grokking runs if none has that seed), so that controls are judged on windows of
@@ -34,12 +35,15 @@ spectral metrics"; its falsifier: "no detectable precursors to phase transitions
   ``min_hit_fraction``; *specific*: grokking runs' fractions exceed the controls' (one-sided
   Mann–Whitney U, p < ``alpha``). Supported = present and specific; not supported = neither, or
   present but no more frequent than in the controls; inconclusive = otherwise, or < 2 runs in a group.
+
+Stages: ``grokking_transition_runs`` trains the grid and writes the telemetry and one row per run;
+:func:`analyse` computes the transitions and the early-warning statistics from those tables with
+the ``report`` keys (``transition``, ``early_warning``), so changing them reruns only the notebook.
 """
 
 from __future__ import annotations
 
 import math
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,15 +54,15 @@ import pandas as pd
 from pydantic import Field, field_validator
 from scipy import stats
 
-from gradience.config import Section, StageParams
+from gradience.config import Section
 from gradience.parallel import map_runs
-from gradience.provenance import git_revision, library_versions
-from gradience.studies.grokking import Condition, ModelParams, build_model
+from gradience.studies import base
+from gradience.studies.grokking import Condition, ModelParams, build_model, grok_step
 from gradience.tasks.modular import MODULI, modular_split
 from gradience.telemetry import signals
-from gradience.telemetry.recorder import MODEL_SCOPE, Cadence, Recorder, write_parquet
+from gradience.telemetry.recorder import MODEL_SCOPE, Cadence, Recorder
 from gradience.telemetry.spectral import SPECTRAL_METRICS
-from gradience.training import TrainConfig, resolve_device, train
+from gradience.training import TrainConfig, train
 
 INDICATORS = ("autocorrelation_time", "lag1_ac", "variance")
 MODEL_METRICS = ("grad_norm", "grad_cosine", "grad_noise_scale", "grad_noise_trace", "train_loss",
@@ -78,8 +82,12 @@ class GradientParams(Section):
 
 
 class EarlyWarningParams(Section):
-    spectral_metrics: list[str] = Field(min_length=1)
-    model_metrics: list[str] = Field(default_factory=list)
+    spectral_metrics: list[str] = Field(
+        default_factory=lambda: ["kappa", "stable_rank", "effective_rank", "spectral_norm", "nuclear_norm"],
+        min_length=1)
+    model_metrics: list[str] = Field(
+        default_factory=lambda: ["grad_norm", "grad_cosine", "grad_noise_scale", "grad_noise_trace", "train_loss",
+                                 "test_loss"])
     detrend: Literal["gaussian", "linear", "none"] = "gaussian"
     bandwidth: float = Field(default=0.2, gt=0, le=1, description="Gaussian σ as a fraction of the window")
     window: float = Field(default=0.5, gt=0, le=1, description="rolling window, fraction of the series")
@@ -110,7 +118,7 @@ class EarlyWarningParams(Section):
         return v
 
 
-class Params(StageParams):
+class RunParams(base.RunParams):
     modulus: int = 97
     train_fraction: float = Field(gt=0, lt=1)
     steps: int = Field(gt=0)
@@ -121,8 +129,6 @@ class Params(StageParams):
     conditions: list[Condition] = Field(min_length=1)
     cadence_every: int = Field(gt=0, description="steps between measurements")
     gradients: GradientParams = GradientParams()
-    transition: TransitionParams = TransitionParams()
-    early_warning: EarlyWarningParams
 
     @field_validator("modulus")
     @classmethod
@@ -140,28 +146,29 @@ class Params(StageParams):
         return v
 
 
+class ReportParams(base.ReportParams):
+    transition: TransitionParams = TransitionParams()
+    early_warning: EarlyWarningParams = EarlyWarningParams()
+
+
+DATA = ("modular",)
+TABLES = ("telemetry",)
+
+
 # ---------------------------------------------------------------------------------------- runs
 
 
-@dataclass(frozen=True)
-class RunJob:
-    params: Params
-    condition: Condition
-    seed: int
-    data_dir: str
-
-    @property
-    def run_id(self) -> str:
-        return f"{self.condition.name}/s{self.seed}"
+def jobs(p: RunParams, data_dir: str) -> list[base.Job]:
+    return [base.Job(p, c.name, s, data_dir, spec=c) for c in p.conditions for s in p.seeds]
 
 
-def run_one(job: RunJob) -> tuple[pd.DataFrame, dict]:
+def run_one(job: base.Job) -> base.RunOutput:
     """Train one (condition, seed) with dense telemetry and the gradient probes."""
     import torch
 
     from gradience.telemetry.gradients import GradientProbe, NoiseScaleProbe
 
-    p, c = job.params, job.condition
+    p, c = job.params, job.spec
     split = modular_split(Path(job.data_dir), p.modulus, c.op, p.train_fraction, job.seed,
                           equals_token=p.model.kind == "transformer")
     torch.manual_seed(job.seed)
@@ -169,21 +176,17 @@ def run_one(job: RunJob) -> tuple[pd.DataFrame, dict]:
     cfg = TrainConfig(steps=p.steps, lr=p.lr, weight_decay=c.weight_decay, batch_size=p.batch_size,
                       betas=p.betas, seed=job.seed)
     recorder = Recorder(job.run_id)
-    wall, cpu = time.perf_counter(), time.process_time()
     probes = [GradientProbe(), NoiseScaleProbe(p.gradients.noise_examples, job.seed, p.gradients.chunk)]
     result = train(model, split, cfg, recorder=recorder, cadence=Cadence(p.cadence_every, p.steps),
                    probes=probes, device=p.device)
     record = {
-        "run": job.run_id, "condition": c.name, "role": c.role, "op": c.op, "weight_decay": c.weight_decay,
-        "seed": job.seed, "task": f"modular_{c.op}_{p.modulus}", "model": p.model.model_dump_json(),
-        "optimizer": "AdamW", "lr": p.lr, "betas": str(p.betas), "batch_size": p.batch_size,
-        "train_fraction": p.train_fraction, "steps": p.steps, "cadence_every": p.cadence_every,
-        "noise_examples": p.gradients.noise_examples, "profile": p.profile,
-        "device": str(resolve_device(p.device)), "git_rev": git_revision(),
-        "versions": str(library_versions()), "outcome": result.outcome, "diverged_at": result.diverged_at,
-        "wall_seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu,
+        "role": c.role, "op": c.op, "weight_decay": c.weight_decay, "task": f"modular_{c.op}_{p.modulus}",
+        "model": p.model.model_dump_json(), "optimizer": "AdamW", "lr": p.lr, "betas": str(p.betas),
+        "batch_size": p.batch_size, "train_fraction": p.train_fraction, "steps": p.steps,
+        "cadence_every": p.cadence_every, "noise_examples": p.gradients.noise_examples,
+        "outcome": result.outcome, "diverged_at": result.diverged_at,
     }
-    return recorder.frame(), record
+    return base.RunOutput({"telemetry": recorder.frame()}, record)
 
 
 # ---------------------------------------------------------------------------------- transitions
@@ -195,12 +198,6 @@ def first_step_at_least(steps: np.ndarray, values: np.ndarray, threshold: float)
     return float(steps[hit[0]]) if hit.size else math.nan
 
 
-def stays_from(steps: np.ndarray, values: np.ndarray, threshold: float) -> float:
-    """The first step from which ``values`` stay ≥ ``threshold``; NaN if the last value is below."""
-    i = signals.detect_transition(np.asarray(values, dtype=float), threshold)
-    return math.nan if i is None else float(steps[i])
-
-
 def transition_table(telemetry: pd.DataFrame, runs: pd.DataFrame, tp: TransitionParams) -> pd.DataFrame:
     """Per run: t_mem, t* (onset), the 0.5 midpoint, the grok step, and the analysis window."""
     model = telemetry[(telemetry["scope"] == MODEL_SCOPE) & telemetry["metric"].isin(["train_acc", "test_acc"])]
@@ -210,9 +207,9 @@ def transition_table(telemetry: pd.DataFrame, runs: pd.DataFrame, tp: Transition
         steps, test = w.index.to_numpy(), w["test_acc"].to_numpy()
         rows.append({"run": run_id, "t_mem": first_step_at_least(steps, w["train_acc"].to_numpy(),
                                                                  tp.memorised_threshold),
-                     "t_onset": stays_from(steps, test, tp.onset_threshold),
-                     "t_mid": stays_from(steps, test, 0.5),
-                     "grok_step": stays_from(steps, test, tp.grok_threshold),
+                     "t_onset": grok_step(steps, test, tp.onset_threshold),
+                     "t_mid": grok_step(steps, test, 0.5),
+                     "grok_step": grok_step(steps, test, tp.grok_threshold),
                      "final_train_acc": float(w["train_acc"].iloc[-1]),
                      "final_test_acc": float(test[-1])})
     out = runs.merge(pd.DataFrame(rows), on="run")
@@ -250,11 +247,6 @@ def select_series(telemetry: pd.DataFrame, ew: EarlyWarningParams) -> pd.DataFra
     return telemetry[spectral | model]
 
 
-def prepare(values: np.ndarray) -> np.ndarray:
-    """log10 of a strictly positive series (relative fluctuations), the series itself otherwise."""
-    return np.log10(values) if np.all(values > 0) else values
-
-
 def alarm_index(indicator: np.ndarray, baseline_fraction: float, z: float) -> int | None:
     """First index from which ``indicator`` stays above mean + z·sd of its first defined values."""
     defined = np.flatnonzero(np.isfinite(indicator))
@@ -275,7 +267,7 @@ def early_warning_one(steps: np.ndarray, values: np.ndarray, ew: EarlyWarningPar
                       seed: int) -> list[dict]:
     """Kendall τ, surrogate p-value, indicator end/start ratio and lead time for each indicator
     of one pre-transition series (``steps`` evenly spaced, window end = ``steps[-1] + Δ``)."""
-    x = prepare(values)
+    x = signals.log_if_positive(values)
     summary = signals.early_warning_summary(
         x, None, window=ew.window, bandwidth=ew.bandwidth, method=ew.detrend, indicators=INDICATORS,
         n_surrogates=ew.n_surrogates, kind=ew.surrogate, seed=seed).set_index("indicator")
@@ -299,7 +291,7 @@ def lead_lag_one(steps: np.ndarray, values: np.ndarray, acc: np.ndarray, t_onset
                  ew: EarlyWarningParams) -> dict:
     """Best lag (in steps; > 0: the series moves first) of corr(Δx_t, Δacc_{t+k}) around t*."""
     keep = np.abs(steps - t_onset) <= ew.lead_lag_half_window
-    dx, da = np.diff(prepare(values[keep])), np.diff(acc[keep])
+    dx, da = np.diff(signals.log_if_positive(values[keep])), np.diff(acc[keep])
     max_lag = min(ew.lead_lag_max, dx.size - 3)
     if max_lag < 1 or np.std(dx) == 0 or np.std(da) == 0:
         return {"xcorr_lag_steps": math.nan, "xcorr_r": math.nan}
@@ -318,7 +310,7 @@ def indicator_curves(telemetry: pd.DataFrame, transitions: pd.DataFrame, scope: 
         g = g.sort_values("step")
         if len(g) < ew.min_points or not np.all(np.isfinite(g["value"])):
             continue
-        x = prepare(g["value"].to_numpy())
+        x = signals.log_if_positive(g["value"].to_numpy())
         resid = signals.detrend(x, ew.detrend, ew.bandwidth)
         w = signals.window_length(ew.window, x.size)
         curves = {"series": x, "residual": resid} | {n: signals.INDICATORS[n](resid, w) for n in INDICATORS}
@@ -345,8 +337,8 @@ def analyse_run(job: AnalysisJob) -> list[dict]:
     rows = []
     for (scope, metric), g in job.series.groupby(["scope", "metric"], sort=True):
         g = g.sort_values("step")
-        base = {"run": job.run, "grokked": job.grokked, "group": series_group(scope, metric),
-                "scope": scope, "metric": metric}
+        key = {"run": job.run, "grokked": job.grokked, "group": series_group(scope, metric),
+               "scope": scope, "metric": metric}
         inside = g[(g["step"] >= start) & (g["step"] < end)]
         steps, values = inside["step"].to_numpy(), inside["value"].to_numpy()
         reason = ("no window" if not np.isfinite(start) or not np.isfinite(end) else
@@ -355,7 +347,7 @@ def analyse_run(job: AnalysisJob) -> list[dict]:
                   "constant" if np.ptp(values) == 0 else
                   "uneven steps" if np.ptp(np.diff(steps)) != 0 else "")
         if reason:
-            rows += [base | {"indicator": name, "skipped": reason} for name in INDICATORS]
+            rows += [key | {"indicator": name, "skipped": reason} for name in INDICATORS]
             continue
         extra = {}
         if job.grokked:
@@ -364,23 +356,24 @@ def analyse_run(job: AnalysisJob) -> list[dict]:
                 extra = lead_lag_one(allsteps, allvalues, job.acc.reindex(allsteps).to_numpy(),
                                      job.t_onset, job.ew)
         seed = surrogate_seed(job.run, scope, metric)
-        rows += [base | r | extra | {"skipped": ""} for r in early_warning_one(steps, values, job.ew, seed)]
+        rows += [key | r | extra | {"skipped": ""} for r in early_warning_one(steps, values, job.ew, seed)]
     return rows
 
 
-def early_warning_table(telemetry: pd.DataFrame, transitions: pd.DataFrame, p: Params) -> pd.DataFrame:
-    """All runs' early-warning rows (see :func:`analyse_run`), computed in parallel over runs."""
-    chosen = select_series(telemetry, p.early_warning)
+def early_warning_table(telemetry: pd.DataFrame, transitions: pd.DataFrame, ew: EarlyWarningParams,
+                        workers: int = 1) -> pd.DataFrame:
+    """All runs' early-warning rows (see :func:`analyse_run`), over ``workers`` processes."""
+    chosen = select_series(telemetry, ew)
     acc = telemetry[(telemetry["scope"] == MODEL_SCOPE) & (telemetry["metric"] == "test_acc")]
-    jobs = [AnalysisJob(r.run, bool(r.grokked), (float(r.window_start), float(r.window_end)),
-                        float(r.t_onset) if r.grokked else math.nan,
-                        chosen.loc[chosen["run"] == r.run, ["scope", "metric", "step", "value"]],
-                        acc[acc["run"] == r.run].set_index("step")["value"], p.early_warning)
-            for r in transitions.itertuples()]
-    rows = [row for out in map_runs(analyse_run, jobs, workers=p.workers, desc="early warnings")
-            for row in out]
+    tasks = [AnalysisJob(r.run, bool(r.grokked), (float(r.window_start), float(r.window_end)),
+                         float(r.t_onset) if r.grokked else math.nan,
+                         chosen.loc[chosen["run"] == r.run, ["scope", "metric", "step", "value"]],
+                         acc[acc["run"] == r.run].set_index("step")["value"], ew)
+             for r in transitions.itertuples()]
+    rows = [row for out in map_runs(analyse_run, tasks, workers=workers, desc="early warnings") for row in out]
     table = pd.DataFrame(rows)
-    table["signals"] = (table["kendall_tau"] > 0) & (table["p_value"] < p.early_warning.alpha)
+    table[[c for c in ("kendall_tau", "p_value", "ratio", "lead_steps") if c not in table]] = math.nan  # all skipped
+    table["signals"] = (table["kendall_tau"] > 0) & (table["p_value"] < ew.alpha)
     return table
 
 
@@ -449,37 +442,52 @@ TESTS = {  # finding → (group of series, indicator)
 }
 
 
+def hit_fractions(ew_table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`run_hit_fractions` of every test of :data:`TESTS`, stacked (column ``test``)."""
+    return pd.concat([run_hit_fractions(ew_table, group, ind).assign(test=name)
+                      for name, (group, ind) in TESTS.items()], ignore_index=True)
+
+
 def hypothesis_tests(ew_table: pd.DataFrame, ew: EarlyWarningParams) -> dict[str, dict]:
     return {name: hypothesis_verdict(run_hit_fractions(ew_table, group, ind), ew.alpha, ew.min_hit_fraction)
             | {"group": group, "indicator": ind} for name, (group, ind) in TESTS.items()}
 
 
-# -------------------------------------------------------------------------------- the stage
+# ----------------------------------------------------------------------------------- analysis
 
 
 @dataclass
-class Results:
+class Analysis:
+    params: RunParams  # the runs' params, saved with the tables
     telemetry: pd.DataFrame
-    transitions: pd.DataFrame
+    model: pd.DataFrame  # model-scope metrics, one row per (run, step), with condition/seed/grokked
+    transitions: pd.DataFrame  # one row per run: the run record, t_mem, t*, grok step, window
     early_warning: pd.DataFrame
     signals: pd.DataFrame
+    fractions: pd.DataFrame  # per run and test: the fraction of its series that signal
     tests: dict[str, dict]
 
 
-def run(p: Params, out_dir: str | Path, data_dir: str | Path = "data") -> Results:
-    """Train every condition × seed, detect transitions, compute the early-warning statistics;
-    write ``telemetry``, ``runs`` (with the transitions) and ``early_warning`` parquet files."""
-    jobs = [RunJob(p, c, s, str(data_dir)) for c in p.conditions for s in p.seeds]
-    outputs = map_runs(run_one, jobs, workers=p.workers, desc="grokking_transition runs")
-    telemetry = pd.concat([o[0] for o in outputs], ignore_index=True)
-    transitions = transition_table(telemetry, pd.DataFrame([o[1] for o in outputs]), p.transition)
-    ew_table = early_warning_table(telemetry, transitions, p)
-    out = Path(out_dir)
-    write_parquet(telemetry, out / "telemetry.parquet")
-    write_parquet(transitions, out / "runs.parquet")
-    write_parquet(ew_table, out / "early_warning.parquet")
-    return Results(telemetry, transitions, ew_table, signal_table(ew_table),
-                   hypothesis_tests(ew_table, p.early_warning))
+def analyse(tables: base.Tables, p: ReportParams, workers: int = 1) -> Analysis:
+    """Transitions, the early-warning statistics of every run (over ``workers`` processes), their
+    summary per series and the hypothesis tests."""
+    tele = tables.telemetry
+    transitions = transition_table(tele, tables.runs, p.transition)
+    ew_table = early_warning_table(tele, transitions, p.early_warning, workers)
+    model = (tele[tele["scope"] == MODEL_SCOPE].pivot_table(index=["run", "step"], columns="metric", values="value")
+             .reset_index().merge(transitions[["run", "condition", "seed", "grokked"]], on="run"))
+    return Analysis(tables.params, tele, model, transitions, ew_table, signal_table(ew_table),
+                    hit_fractions(ew_table), hypothesis_tests(ew_table, p.early_warning))
+
+
+def curves(a: Analysis, p: ReportParams) -> pd.DataFrame:
+    """Mean test accuracy and median gradient noise scale per condition, against step."""
+    rows = []
+    for metric, how in (("test_acc", "mean"), ("grad_noise_scale", "median")):
+        if metric in a.model:
+            g = a.model.groupby(["condition", "step"])[metric].agg(how).dropna().reset_index()
+            rows.append(g.assign(curve=metric + "_" + g["condition"]).rename(columns={metric: "value"}))
+    return pd.concat(rows, ignore_index=True)[["curve", "step", "value"]]
 
 
 # ---------------------------------------------------------------------------- vs the seed
@@ -500,46 +508,40 @@ def _test_text(t: dict, ew_table: pd.DataFrame) -> str:
             f"{mean_spread(ctrl['kendall_tau'], '{:.2f}')}; lead {mean_spread(grok['lead_steps'], '{:.0f}')} steps")
 
 
-def findings(results: Results, p: Params) -> list[dict[str, str]]:
+TEST_CLAIMS = {  # hypothesis test → claim id
+    "h2_autocorrelation_time": "grokking_transition.h2_autocorrelation_time",
+    "lag1_autocorrelation": "grokking_transition.lag1_autocorrelation",
+    "gradient_variance": "grokking_transition.gradient_variance",
+}
+
+
+def findings(a: Analysis, p: ReportParams) -> list[dict[str, str]]:
     """The *Findings vs the seed* rows; every verdict is computed from the measurements."""
     from gradience.reporting import finding, mean_spread
 
-    tr, tests, ew_table = results.transitions, results.tests, results.early_warning
-    a = p.early_warning.alpha
-    claims = {
-        "h2_autocorrelation_time": (
-            "H2: grokking is preceded by diverging autocorrelation time in layer-wise spectral metrics",
-            "agenda hypothesis (seed 001, Protocol B); falsified by 'no detectable precursors'"),
-        "lag1_autocorrelation": (
-            "critical slowing down: rising lag-1 autocorrelation of layer-wise spectral metrics",
-            "agenda expectation 1 ('increasing autocorrelation time'), Dakos et al.'s indicator"),
-        "gradient_variance": (
-            "increasing variance in gradients before the transition",
-            "agenda expectation 2 (seed 001, phase transitions)"),
-    }
+    tr, tests, ew_table = a.transitions, a.tests, a.early_warning
     rows = []
-    for name, (claim, seed) in claims.items():
+    for name, claim in TEST_CLAIMS.items():
         t = tests[name]
-        rows.append(finding(claim, seed, _test_text(t, ew_table), AS_FINDING[t["verdict"]],
-                            f"{t['why']} (series signal: Kendall τ > 0, surrogate p < {a:g})"))
+        rows.append(finding(claim, _test_text(t, ew_table), AS_FINDING[t["verdict"]],
+                            f"{t['why']} (series signal: Kendall τ > 0, surrogate p < {p.early_warning.alpha:g})"))
     h2 = tests["h2_autocorrelation_time"]["verdict"]
     rows.append(finding(
-        "spectral metrics are diagnostic, not predictive", "seed 000, executive summary 1",
-        f"H2 {h2}",
+        "grokking_transition.diagnostic_not_predictive", f"H2 {h2}",
         {"supported": "not reproduced", "not supported": "reproduced", "inconclusive": "inconclusive"}[h2],
         "a supported H2 is a (retrospective) spectral precursor of grokking; an unsupported one is none"))
     seed_add = tr[tr["condition"] == "add_wd0.01"]
     if len(seed_add):
         n = int(seed_add["grokked"].sum())
-        rows.append(finding("addition mod 97, wd 0.01: does not grok", "no (seed 000 Part I table)",
-                            f"{n}/{len(seed_add)} grokked within {p.steps:,} steps",
+        rows.append(finding("grokking.add_wd0.01_memorises",
+                            f"{n}/{len(seed_add)} grokked within {a.params.steps:,} steps",
                             "reproduced" if n == 0 else "not reproduced",
                             "a shorter budget than the seed's; a grok inside it would contradict the seed"))
     strong, weak = tr[tr["weight_decay"] >= 1.0], tr[tr["weight_decay"] <= 0.01]
     if len(strong) and len(weak):
         holds = bool(strong["grokked"].all() and not weak["grokked"].any())
         rows.append(finding(
-            "weight decay is the causal factor", "seed 000 Part I interpretation",
+            "grokking.weight_decay_causal",
             f"wd ≥ 1: {int(strong['grokked'].sum())}/{len(strong)} grokked (onset at "
             f"{mean_spread(strong['t_onset'], '{:,.0f}')}); wd ≤ 0.01: {int(weak['grokked'].sum())}/{len(weak)}",
             "reproduced" if holds else "not reproduced",
@@ -547,11 +549,10 @@ def findings(results: Results, p: Params) -> list[dict[str, str]]:
     return rows
 
 
-def stage_metrics(results: Results) -> dict:
+def metrics(a: Analysis, p: ReportParams) -> dict:
     """metrics.json: per condition outcomes and transition steps, the hypothesis tests."""
-    tr = results.transitions
     conditions = {}
-    for name, g in tr.groupby("condition", sort=False):
+    for name, g in a.transitions.groupby("condition", sort=False):
         conditions[str(name)] = {
             "grokked_fraction": float(g["grokked"].mean()),
             "t_mem_mean": float(g["t_mem"].mean()),
@@ -560,5 +561,5 @@ def stage_metrics(results: Results) -> dict:
             "final_test_acc_mean": float(g["final_test_acc"].mean()),
             "diverged_runs": float((g["outcome"] == "diverged").sum()),
         }
-    tests = {k: {m: v for m, v in t.items() if m != "why"} for k, t in results.tests.items()}
+    tests = {k: {m: v for m, v in t.items() if m != "why"} for k, t in a.tests.items()}
     return {"conditions": conditions, "tests": tests}

@@ -9,7 +9,7 @@ the top-k Hessian eigenvalues (Lanczos), the Hutchinson trace with its standard 
 
 Hypothesis 1 (seed 001): "the weight spectrum leads the Hessian spectrum by K steps during
 approach to instability"; falsifier 1: "no significant cross-correlation between weight and
-Hessian spectra". How they are tested (all parameters in ``lead_lag``):
+Hessian spectra". How they are tested (all parameters in ``report.lead_lag``):
 
 - Series: per run, the cadence points before divergence. A weight metric x and a Hessian metric y
   are log10-transformed when every value is positive, detrended
@@ -28,30 +28,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
-from gradience.config import Section, StageParams
-from gradience.parallel import map_runs
+from gradience.config import Section
 from gradience.reporting import finding, mean_spread
+from gradience.studies import base
 from gradience.studies.lm_regimes import (
     DIVERGED_OUTCOMES,
     CouplingParams,
     LMData,
     LMModel,
     Regime,
-    RegimeRun,
     coupling_table,
+    cross_correlations,
     model_table,
     pre_divergence,
+    regime_runs,
     train_regime,
     unique_regimes,
 )
 from gradience.telemetry.probes import hessian_probe
-from gradience.telemetry.recorder import write_parquet
 
 WEIGHT_METRICS = ("kappa", "spectral_norm_max", "stable_rank_mean", "effective_rank", "alpha_mean",
                   "weight_norm")
@@ -71,7 +70,8 @@ class LeadLagParams(CouplingParams):
     primary: tuple[str, str] = ("kappa", "hessian_top1")
     weight_metrics: list[str] = Field(default=list(WEIGHT_METRICS), min_length=1)
     hessian_metrics: list[str] = Field(default=list(HESSIAN_METRICS), min_length=1)
-    max_lag: int = Field(ge=1, description="cadence points")
+    max_lag: int = Field(default=3, ge=1, description="cadence points")
+    surrogates: int = Field(default=499, ge=19)
 
     @model_validator(mode="after")
     def _known_metrics(self) -> LeadLagParams:
@@ -88,7 +88,7 @@ class LeadLagParams(CouplingParams):
         return [tuple(self.primary), *rest]
 
 
-class Params(StageParams):
+class RunParams(base.RunParams):
     data: LMData
     model: LMModel
     regimes: list[Regime] = Field(min_length=1)
@@ -97,7 +97,6 @@ class Params(StageParams):
     blowup_factor: float = Field(default=1.5, gt=1, description="stop when train loss > factor × its initial value")
     spectra_every: int = Field(default=0, ge=0)
     hessian: HessianProbeParams = HessianProbeParams()
-    lead_lag: LeadLagParams
 
     @field_validator("regimes")
     @classmethod
@@ -105,18 +104,31 @@ class Params(StageParams):
         return unique_regimes(v)
 
 
-def run_one(job: RegimeRun) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    p: Params = job.params  # type: ignore[assignment]
+class ReportParams(base.ReportParams):
+    lead_lag: LeadLagParams = LeadLagParams()
+
+
+DATA = ("text",)
+TABLES = ("telemetry", "spectra")
+
+
+def jobs(p: RunParams, data_dir: str) -> list[base.Job]:
+    return [base.Job(p, r.name, s, data_dir, spec=r) for r in p.regimes for s in p.seeds]
+
+
+def run_one(job: base.Job) -> base.RunOutput:
+    """Train one regime × seed with the Hessian probe."""
+    p: RunParams = job.params  # type: ignore[assignment]
     h = p.hessian
     probe = hessian_probe(h.measure_batch, h.top_k, h.hutchinson_probes, h.lanczos_tol, h.seed)
     return train_regime(job, [probe], p.spectra_every)
 
 
-def series_table(telemetry: pd.DataFrame, p: Params) -> pd.DataFrame:
-    """:func:`lm_regimes.model_table` plus ``hessian_spread`` = λ₁/λ_k."""
+def series_table(telemetry: pd.DataFrame, top_k: int) -> pd.DataFrame:
+    """:func:`lm_regimes.model_table` plus ``hessian_spread`` = λ₁/λ_k (k = ``hessian.top_k``)."""
     w = model_table(telemetry)
     if "hessian_top1" in w:
-        w["hessian_spread"] = w["hessian_top1"] / w[f"hessian_top{p.hessian.top_k}"]
+        w["hessian_spread"] = w["hessian_top1"] / w[f"hessian_top{top_k}"]
     return w
 
 
@@ -141,41 +153,67 @@ def edge_summary(series: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return runs.merge(pd.DataFrame(rows), on="run")
 
 
-def lead_lag_table(series: pd.DataFrame, runs: pd.DataFrame, p: Params) -> pd.DataFrame:
+def lead_lag_table(series: pd.DataFrame, runs: pd.DataFrame, ll: LeadLagParams, cadence_every: int) -> pd.DataFrame:
     """Every run × (weight metric, Hessian metric) pair: :func:`lm_regimes.coupling_test` on the
     pre-divergence series; ``direction`` says whether the weights or the Hessian lead."""
-    t = coupling_table(series, runs, p.lead_lag.pairs(), p.lead_lag, p.cadence_every)
+    t = coupling_table(series, runs, ll.pairs(), ll, cadence_every)
     t = t.rename(columns={"x_metric": "weight_metric", "y_metric": "hessian_metric"})
-    t["primary"] = (t.weight_metric == p.lead_lag.primary[0]) & (t.hessian_metric == p.lead_lag.primary[1])
+    t["primary"] = (t.weight_metric == ll.primary[0]) & (t.hessian_metric == ll.primary[1])
     t["direction"] = t["direction"].replace({"x leads": "weights lead", "y leads": "Hessian leads"})
     return t
 
 
+def pair_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (weight metric, Hessian metric): runs coupled beyond the surrogates (p < α) and the
+    median lead (steps; > 0: weights lead) over those runs."""
+    sig = table.assign(lead=table.lead_steps.where(table.significant))
+    return (sig.groupby(["weight_metric", "hessian_metric"])
+            .agg(significant=("significant", "sum"), lead=("lead", "median")).reset_index())
+
+
+def hutchinson_precision(series: pd.DataFrame, probes: int) -> dict[str, float]:
+    """Relative standard error of the Hutchinson trace estimates (median, 90th percentile) and
+    the HVPs per measurement."""
+    h = series.dropna(subset=["hessian_trace"])
+    rel = h.hessian_trace_stderr / h.hessian_trace.abs()
+    return {"probes": probes, "relative_stderr_median": float(rel.median()),
+            "relative_stderr_p90": float(rel.quantile(0.9)), "hvp_per_measurement_median": float(h.hessian_n_hvp.median())}
+
+
 @dataclass
-class Results:
+class Analysis:
+    runs: RunParams
     telemetry: pd.DataFrame
-    spectra: pd.DataFrame
-    series: pd.DataFrame
-    summary: pd.DataFrame
-    lead_lag: pd.DataFrame
+    series: pd.DataFrame  # model-scope series, one row per (run, step), with regime and seed
+    summary: pd.DataFrame  # one row per run: the run record and the edge summary
+    lead_lag: pd.DataFrame  # every run × (weight, Hessian) pair
+    pairs: pd.DataFrame  # per pair: runs coupled and median lead
+    cross_correlation: pd.DataFrame  # r(k) of the primary pair per run: run, regime, seed, lag, lag_steps, r
+    hutchinson: dict[str, float]
 
 
-def run(p: Params, out_dir: str | Path, data_dir: str | Path = "data") -> Results:
-    """Train every regime × seed; write ``telemetry``, ``spectra``, ``runs`` and ``lead_lag`` parquet."""
-    jobs = [RegimeRun(p, r, s, str(data_dir)) for r in p.regimes for s in p.seeds]
-    outputs = map_runs(run_one, jobs, workers=p.workers, desc="hessian_coevolution runs")
-    telemetry = pd.concat([o[0] for o in outputs], ignore_index=True)
-    spectra = pd.concat([o[1] for o in outputs], ignore_index=True)
-    runs = pd.DataFrame([o[2] for o in outputs])
-    series = series_table(telemetry, p)
+def analyse(tables: base.Tables, p: ReportParams) -> Analysis:
+    """Series, edge summary per run, lead–lag tests of every pair and the Hutchinson precision."""
+    rp: RunParams = tables.params  # type: ignore[assignment]
+    runs = regime_runs(tables.runs)
+    series = series_table(tables.telemetry, rp.hessian.top_k)
     summary = edge_summary(series, runs)
-    table = lead_lag_table(series, runs, p)
-    out = Path(out_dir)
-    write_parquet(telemetry, out / "telemetry.parquet")
-    write_parquet(spectra, out / "spectra.parquet")
-    write_parquet(summary, out / "runs.parquet")
-    write_parquet(table, out / "lead_lag.parquet")
-    return Results(telemetry, spectra, series, summary, table)
+    table = lead_lag_table(series, summary, p.lead_lag, rp.cadence_every)
+    x, y = p.lead_lag.primary
+    ids = summary[["run", "regime", "seed"]]
+    cc = cross_correlations(series, summary, x, y, p.lead_lag).merge(ids, on="run")
+    cc["lag_steps"] = cc.lag * rp.cadence_every
+    return Analysis(rp, tables.telemetry, series.merge(ids, on="run"), summary, table, pair_summary(table), cc,
+                    hutchinson_precision(series, rp.hessian.hutchinson_probes))
+
+
+def curves(a: Analysis, p: ReportParams) -> pd.DataFrame:
+    """Median λ_max·η/2 and median κ per regime, against step."""
+    rows = []
+    for metric in ("sharpness_over_edge", "kappa"):
+        g = a.series.dropna(subset=[metric]).groupby(["regime", "step"])[metric].median().reset_index()
+        rows.append(g.assign(curve=metric + "_" + g["regime"]).rename(columns={metric: "value"}))
+    return pd.concat(rows, ignore_index=True)[["curve", "step", "value"]]
 
 
 def _diverged(df: pd.DataFrame) -> pd.Series:
@@ -187,16 +225,16 @@ def _regime_rows(summary: pd.DataFrame) -> list[dict[str, str]]:
     stable, marginal, unstable = (summary[summary.kind == k] for k in ("stable", "marginal", "unstable"))
     if len(stable):
         ok = bool((stable.ratio_max < 1).all() and not _diverged(stable).any())
-        rows.append(finding("Stable regime (conservative η, clipping) stays below the edge λ_max < 2/η",
-                            "Protocol A, regime 1", f"max λ_max·η/2 {mean_spread(stable.ratio_max)}; "
+        rows.append(finding("hessian_coevolution.stable_below_edge",
+                            f"max λ_max·η/2 {mean_spread(stable.ratio_max)}; "
                             f"{int(_diverged(stable).sum())}/{len(stable)} diverged",
                             "reproduced" if ok else "not reproduced",
                             "sharpness measured on the full training set against 2/η of GD"))
     if len(marginal):
         reached = marginal.ratio_max >= 1
         ok = bool(reached.all() and not _diverged(marginal).any())
-        rows.append(finding("Marginal regime sits at the edge of stability (λ_max reaches 2/η and stays near it)",
-                            "Protocol A, regime 2", f"edge reached at step {mean_spread(marginal.edge_step)}; "
+        rows.append(finding("hessian_coevolution.marginal_at_edge",
+                            f"edge reached at step {mean_spread(marginal.edge_step)}; "
                             f"median λ_max·η/2 after it {mean_spread(marginal.ratio_after_edge)}; "
                             f"{int(reached.sum())}/{len(marginal)} reached, {int(_diverged(marginal).sum())} diverged",
                             "reproduced" if ok else "not reproduced",
@@ -204,7 +242,7 @@ def _regime_rows(summary: pd.DataFrame) -> list[dict[str, str]]:
                             if ok else "the run did not reach the edge, or diverged"))
     if len(unstable):
         div = _diverged(unstable)
-        rows.append(finding("Unstable regime (η too high) eventually diverges", "Protocol A, regime 3",
+        rows.append(finding("hessian_coevolution.unstable_diverges",
                             f"{int(div.sum())}/{len(unstable)} diverged, at step {mean_spread(unstable.diverged_at)} "
                             f"(η there {mean_spread(unstable.lr_at_end)})",
                             "reproduced" if div.all() else "not reproduced",
@@ -212,9 +250,9 @@ def _regime_rows(summary: pd.DataFrame) -> list[dict[str, str]]:
     return rows
 
 
-def findings(summary: pd.DataFrame, table: pd.DataFrame, p: Params) -> list[dict[str, str]]:
+def findings(a: Analysis, p: ReportParams) -> list[dict[str, str]]:
     """The *Findings vs the seed* rows, each verdict a rule applied to the measured runs."""
-    ll = p.lead_lag
+    ll, summary, table = p.lead_lag, a.summary, a.lead_lag
     rows = _regime_rows(summary)
     prim = table[table.primary & table.p_value.notna()]
     appr = prim[prim.kind.isin(APPROACHING)]
@@ -230,9 +268,8 @@ def findings(summary: pd.DataFrame, table: pd.DataFrame, p: Params) -> list[dict
     else:
         verdict, why = "inconclusive", "the lead is significant in some approaching runs only"
     rows.append(finding(
-        f"H1: the weight spectrum leads the Hessian spectrum by K steps during approach to instability ({pair})",
-        "K steps, K > 0 (hypothesis, no number)",
-        f"{len(lead)}/{n} runs weight-leading and significant; K = {mean_spread(lead.lead_steps)} steps; "
+        "hessian_coevolution.weights_lead_hessian",
+        f"{pair}: {len(lead)}/{n} runs weight-leading and significant; K = {mean_spread(lead.lead_steps)} steps; "
         f"all runs: best lag {mean_spread(appr.lead_steps)} steps, abs(r) {mean_spread(appr.best_r.abs())}, "
         f"p {mean_spread(appr.p_value, '{:.2f}')}",
         verdict, why + f" (α = {ll.alpha}, {ll.surrogates} {ll.surrogate_kind} surrogates, lags ±{ll.max_lag} points)"))
@@ -249,8 +286,7 @@ def findings(summary: pd.DataFrame, table: pd.DataFrame, p: Params) -> list[dict
     else:
         verdict, why = "inconclusive", "a minority of runs is coupled"
     rows.append(finding(
-        "Falsifier 1 is not met: weight and Hessian spectra are significantly cross-correlated",
-        "falsified if no significant cross-correlation",
+        "hessian_coevolution.spectra_coupled",
         f"{int(coupled.sum())}/{len(coupled)} runs with ≥ 1 of {n_pairs} pairs significant after Bonferroni "
         f"(p < {ll.alpha}/{n_pairs}); primary pair ({pair}) p < {ll.alpha} in {len(sig)}/{len(prim)} runs "
         f"(stable {int(sig.kind.eq('stable').sum())}, marginal {int(sig.kind.eq('marginal').sum())}, "
@@ -260,8 +296,7 @@ def findings(summary: pd.DataFrame, table: pd.DataFrame, p: Params) -> list[dict
     bonf = allp[allp.significant_bonferroni]
     wl, hl = int((bonf.best_lag > 0).sum()), int((bonf.best_lag < 0).sum())
     rows.append(finding(
-        "Across all weight × Hessian metric pairs (approaching runs), the weights lead",
-        "weights first (hypothesis 1's mechanism)",
+        "hessian_coevolution.weights_lead_all_pairs",
         f"{len(bonf)}/{len(allp)} run×pair tests significant after Bonferroni over {n_pairs} pairs: "
         f"{wl} weights lead, {hl} Hessian leads, {len(bonf) - wl - hl} synchronous",
         "inconclusive" if len(bonf) == 0 else ("reproduced" if wl > len(bonf) / 2 else "not reproduced"),
@@ -269,11 +304,12 @@ def findings(summary: pd.DataFrame, table: pd.DataFrame, p: Params) -> list[dict
     return rows
 
 
-def regime_metrics(summary: pd.DataFrame, table: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Per regime: outcome counts, edge summary medians and the primary pair's lead–lag medians."""
+def metrics(a: Analysis, p: ReportParams) -> dict:
+    """Per regime: outcome counts, edge summary medians and the primary pair's lead–lag medians;
+    and the Hutchinson precision."""
     out = {}
-    prim = table[table.primary]
-    for name, g in summary.groupby("regime", sort=False):
+    prim = a.lead_lag[a.lead_lag.primary]
+    for name, g in a.summary.groupby("regime", sort=False):
         t = prim[prim.regime == name]
         out[str(name)] = {
             "diverged_runs": float(_diverged(g).sum()), "diverged_at_median": float(g.diverged_at.median()),
@@ -284,4 +320,4 @@ def regime_metrics(summary: pd.DataFrame, table: pd.DataFrame) -> dict[str, dict
             "primary_best_r_median": float(t.best_r.median()), "primary_p_median": float(t.p_value.median()),
             "primary_significant_runs": float(t.significant.sum()),
         }
-    return out
+    return {"regimes": out, "hutchinson": a.hutchinson}

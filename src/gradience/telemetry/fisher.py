@@ -1,4 +1,4 @@
-"""Fisher geometry of a cross-entropy classifier from per-sample gradients (DESIGN.md §5).
+"""Fisher geometry of a cross-entropy classifier from per-sample gradients (telemetry contract: docs/architecture.md).
 
 Per-sample gradients come from ``torch.func`` (``vmap(grad(·))``); the rest is linear algebra on
 the n × n Gram matrix, so no P × P matrix is ever formed. With G the n × P matrix of per-sample

@@ -1,4 +1,4 @@
-"""Cadence and the tidy telemetry table of DESIGN.md §5: ``run, step, scope, metric, value``.
+"""Cadence and the tidy telemetry table of docs/architecture.md: ``run, step, scope, metric, value``.
 
 Singular-value snapshots (one row per singular value) go to a second table with columns
 ``run, step, scope, index, sigma``: they are spectra, not scalar measurements.

@@ -62,6 +62,13 @@ def window_length(window: float | int, n: int) -> int:
     return int(window)
 
 
+def log_if_positive(values: ArrayLike) -> np.ndarray:
+    """log10 of a strictly positive series (spectral metrics span decades: their relative
+    fluctuations are what matter), the series itself otherwise."""
+    v = np.asarray(values, dtype=np.float64)
+    return np.log10(v) if np.all(v > 0) else v
+
+
 def detrend(x: ArrayLike, method: DetrendMethod = "gaussian", bandwidth: float = 0.2) -> np.ndarray:
     """Residuals ``x - trend``.
 

@@ -1,4 +1,4 @@
-"""Singular-value metrics of weight matrices (DESIGN.md §5).
+"""Singular-value metrics of weight matrices (telemetry contract: docs/architecture.md).
 
 All metrics are computed from the singular values in float64. The numerical rank uses numpy's
 ``matrix_rank`` tolerance, ``tol = σ_max · max(m, n) · eps(float64)``; a matrix whose smallest

@@ -1,0 +1,179 @@
+"""Compare a rerun's ``reports/<stage>/metrics.json`` with the committed one (``gradience verify``).
+
+Both files are flattened (nested keys joined with ``.``) and compared key by key. Each key gets
+one status:
+
+- ``equal``: the same value (numbers, strings, ``null``);
+- ``within tolerance`` / ``outside tolerance``: numbers that differ by at most / more than the
+  key's tolerance (see :data:`TOLERANCES`); a value that changed type or became / stopped being
+  ``null`` or a string is ``outside tolerance``;
+- ``verdict flipped``: a changed verdict, i.e. any change of a ``findings.*`` count (how many
+  findings were reproduced, not reproduced, …; an absent count is 0) or of a ``*verdict*`` value;
+- ``missing``: the key is in one file only.
+
+A stage fails verification when a verdict flipped or a value is outside tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+# Tolerances are RELATIVE: a number passes when |rerun - committed| <= tol * max(|committed|, FLOOR).
+# FLOOR only avoids dividing by zero: a committed 0 must be rerun as (almost exactly) 0. There are
+# no absolute tolerances, so a value near 0 (an accuracy of 0.001, an excess of -0.006) is held to
+# a tight absolute bound. Patterns are fnmatch patterns on the flattened key; the first match wins.
+TOLERANCES: dict[str, float] = {
+    # Verdict counts: exact. A change is reported as "verdict flipped" whatever the tolerance.
+    "findings.*": 0.0,
+    "*verdict*": 0.0,
+    # Counts of runs and events (n_*, *_runs, alert hits/misses): integers that the same seeds and
+    # code must reproduce exactly; a changed count is what changes a verdict.
+    "*.n_*": 0.0,
+    "*_runs": 0.0,
+    "alerts.*": 0.0,
+    # kappa (condition number) medians and kappa-derived values (excess, recovery): ill-conditioned,
+    # so the last bits of BLAS arithmetic matter; cross-machine reruns differ by up to 33 %.
+    "*kappa*": 0.5,
+    # Accuracies and fractions live in [0, 1]: 0.05 relative is at most 5 points for values near 1.
+    "*acc*": 0.05,
+    "*fraction*": 0.05,
+    # Everything else (losses, ranks, lags, correlations, p-values): loose enough for reruns on
+    # another machine, tight enough to catch a changed computation.
+    "*": 0.25,
+}
+DEFAULT_TOLERANCE = 0.25  # when ``tolerances`` has no matching pattern
+FLOOR = 1e-9
+VERDICTS = ("findings.*", "*verdict*")
+STATUSES = ("equal", "within tolerance", "outside tolerance", "verdict flipped", "missing")
+FAILING = ("outside tolerance", "verdict flipped")
+_MISSING = object()
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c": [2, 3]}`` → ``{"a.b": 1, "c.0": 2, "c.1": 3}``."""
+    out: dict[str, Any] = {}
+    items: Iterable[tuple[Any, Any]] = d.items() if isinstance(d, Mapping) else enumerate(d)
+    for k, v in items:
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping | list | tuple):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def tolerance(key: str, tolerances: Mapping[str, float] | None = None) -> float:
+    """The relative tolerance of ``key``: the first pattern in ``tolerances`` that matches it."""
+    for pattern, tol in (TOLERANCES if tolerances is None else tolerances).items():
+        if fnmatchcase(key, pattern):
+            return tol
+    return DEFAULT_TOLERANCE
+
+
+def _number(v: Any) -> float | None:
+    """``v`` as a float when it is a number (``write_metrics`` writes ±inf as the string "inf")."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int | float):
+        return float(v)
+    if v in ("inf", "-inf", "nan"):
+        return float(v)
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    x, y = _number(a), _number(b)
+    if x is not None and y is not None:
+        return x == y or (math.isnan(x) and math.isnan(y))
+    return type(a) is type(b) and a == b
+
+
+def compare(committed: dict, rerun: dict, tolerances: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """One row per flattened key: ``key, committed, rerun, rel_diff, tolerance, status``.
+
+    ``tolerances``: pattern → relative tolerance (default :data:`TOLERANCES`). ``rel_diff`` is
+    ``|rerun - committed| / max(|committed|, 1e-9)`` for two numbers, else NaN.
+    """
+    a, b = flatten(committed), flatten(rerun)
+    rows = []
+    for key in list(a) + [k for k in b if k not in a]:
+        x, y = a.get(key, _MISSING), b.get(key, _MISSING)
+        verdict = any(fnmatchcase(key, p) for p in VERDICTS)
+        if verdict and key.startswith("findings."):  # value_counts() omits verdicts no finding got
+            x, y = (0 if v is _MISSING else v for v in (x, y))
+        tol = tolerance(key, tolerances)
+        nx, ny = _number(x), _number(y)
+        rel = abs(ny - nx) / max(abs(nx), FLOOR) if nx is not None and ny is not None else math.nan
+        if x is _MISSING or y is _MISSING:
+            status = "missing"
+        elif _same(x, y):
+            status = "equal"
+        elif verdict:
+            status = "verdict flipped"
+        elif rel <= tol:  # False for NaN: null, strings, changed types
+            status = "within tolerance"
+        else:
+            status = "outside tolerance"
+        rows.append({"key": key, "committed": None if x is _MISSING else x,
+                     "rerun": None if y is _MISSING else y, "rel_diff": rel, "tolerance": tol,
+                     "status": status})
+    return pd.DataFrame(rows, columns=["key", "committed", "rerun", "rel_diff", "tolerance", "status"])
+
+
+def metrics_path(stage: str) -> str:
+    return f"reports/{stage}/metrics.json"
+
+
+def verify_stage(stage: str, committed_ref: str = "HEAD", repo: str | Path = ".",
+                 tolerances: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """:func:`compare` ``git show <committed_ref>:reports/<stage>/metrics.json`` with the working tree's."""
+    path = metrics_path(stage)
+    shown = subprocess.run(["git", "-C", str(repo), "show", f"{committed_ref}:{path}"],
+                           capture_output=True, text=True)
+    if shown.returncode != 0:
+        raise FileNotFoundError(f"no committed {path} at {committed_ref!r}: {shown.stderr.strip()}")
+    working = Path(repo) / path
+    if not working.exists():
+        raise FileNotFoundError(f"no {working}: rerun the stage first (dvc repro {stage})")
+    return compare(json.loads(shown.stdout), json.loads(working.read_text()), tolerances)
+
+
+def main(stages: Sequence[str] = (), ref: str = "HEAD", repo: str | Path = ".") -> int:
+    """Print the differing keys of each stage and a summary; 1 if a stage fails, else 0.
+
+    ``stages``: default every stage with a ``metrics.json`` in the working tree.
+    """
+    from gradience.studies import STAGES
+
+    stages = list(stages) or [s for s in STAGES if (Path(repo) / metrics_path(s)).exists()]
+    if not stages:
+        print(f"no reports/<stage>/metrics.json under {Path(repo).resolve()}: nothing to verify")
+        return 1
+    failed = []
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+        for stage in stages:
+            try:
+                table = verify_stage(stage, ref, repo)
+            except FileNotFoundError as exc:
+                print(f"== {stage}: {exc}")
+                failed.append(stage)
+                continue
+            counts = table["status"].value_counts()
+            summary = ", ".join(f"{counts[s]} {s}" for s in STATUSES if s in counts)
+            print(f"== {stage} (vs {ref}): {summary}")
+            changed = table[table["status"] != "equal"]
+            if len(changed):
+                print(changed.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+            if table["status"].isin(FAILING).any():
+                failed.append(stage)
+    verdict = f"FAILED: {', '.join(failed)}" if failed else "all within tolerance, no verdict flipped"
+    print(f"verify: {len(stages)} stage(s) vs {ref}: {verdict}")
+    return 1 if failed else 0

@@ -1,0 +1,88 @@
+"""dvc.yaml is generated from the studies, lists every module a stage loads, and tracks no git file."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from gradience import pipeline
+from gradience.studies import STAGES
+
+
+def test_committed_dvc_yaml_is_the_generated_one():
+    assert Path(REPO, "dvc.yaml").read_text() == pipeline.render(), "run `gradience pipeline`"
+
+
+def test_each_study_is_a_training_stage_and_a_report_stage():
+    spec = yaml.safe_load(pipeline.render())["stages"]
+    assert set(spec) == {s for stage in STAGES for s in (stage, f"{stage}_runs")}
+    for stage in STAGES:
+        runs, report = spec[f"{stage}_runs"], spec[stage]
+        assert runs["params"] == [f"{stage}.runs"] and report["params"] == [f"{stage}.report"]
+        assert runs["outs"] == [f"reports/{stage}/tables"]
+        assert f"reports/{stage}/tables" in report["deps"] and f"notebooks/{stage}.py" in report["deps"]
+        for needed in ("src/gradience/studies/base.py", f"src/gradience/studies/{stage}.py",
+                       "src/gradience/parallel.py", "src/gradience/provenance.py", "src/gradience/config.py"):
+            assert needed in runs["deps"], needed
+        for needed in ("src/gradience/runner.py", "src/gradience/reporting.py", "src/gradience/plots.py"):
+            assert needed in report["deps"], needed
+
+
+def _loaded_modules(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys, json\nprint(json.dumps(sorted(sys.modules)))"],
+                         capture_output=True, text=True, check=True, cwd=REPO).stdout
+    return {m for m in json.loads(out.splitlines()[-1]) if m.startswith("gradience")}
+
+
+def _files(modules: set[str]) -> set[str]:
+    return {str(pipeline.module_path(m).relative_to(REPO)) for m in modules if pipeline.module_path(m)}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_static_closure_covers_every_module_a_stage_loads(stage):
+    """What a stage really imports (after loading the study and its runner) is within its deps."""
+    spec = yaml.safe_load(pipeline.render())["stages"]
+    train = _loaded_modules(f"import gradience.cli, gradience.studies.base, gradience.studies.{stage}")
+    assert _files(train) <= set(spec[f"{stage}_runs"]["deps"]), _files(train) - set(spec[f"{stage}_runs"]["deps"])
+    notebook = Path(REPO, "notebooks", f"{stage}.py").read_text()
+    imports = "\n".join(line for line in notebook.splitlines() if line.startswith(("import ", "from ")))
+    report = _loaded_modules(f"import gradience.cli, gradience.runner\n{imports}")
+    assert _files(report) <= set(spec[stage]["deps"]), _files(report) - set(spec[stage]["deps"])
+
+
+def test_closure_follows_relative_imports_and_function_level_imports(tmp_path, monkeypatch):
+    pkg = tmp_path / "gradience"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "a.py").write_text("from . import b\ndef f():\n    from gradience.c import g\n")
+    (pkg / "sub" / "b.py").write_text("from ..d import x\n")
+    for name in ("c", "d", "unused"):
+        (pkg / f"{name}.py").write_text("")
+    monkeypatch.setattr(pipeline, "PACKAGE", pkg)
+    found = {p.relative_to(pkg).as_posix() for p in pipeline.closure(["gradience.sub.a"])}
+    assert found == {"__init__.py", "sub/__init__.py", "sub/a.py", "sub/b.py", "c.py", "d.py"}
+
+
+def cached_outputs(spec: dict) -> list[str]:
+    """Outputs DVC caches (and git-ignores); ``cache: false`` ones are committed to git on purpose."""
+    outs = []
+    for stage in spec.values():
+        for kind in ("outs", "metrics", "plots"):
+            for o in stage.get(kind, []):
+                path, opts = (next(iter(o.items())) if isinstance(o, dict) else (o, {}))
+                if opts.get("cache", True):
+                    outs.append(path)
+    return outs
+
+
+def test_no_file_tracked_by_git_is_a_cached_dvc_output():
+    outs = cached_outputs(yaml.safe_load(Path(REPO, "dvc.yaml").read_text())["stages"])
+    assert "reports/grokking/tables" in outs
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    clashes = [f for f in tracked for out in outs if f == out or f.startswith(out.rstrip("/") + "/")]
+    assert not clashes, f"tracked by git and also DVC outputs (fails `dvc repro` on a fresh clone): {clashes}"

@@ -1,0 +1,115 @@
+import copy
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import REPO
+from gradience import verify
+
+
+@pytest.fixture
+def committed(tmp_path):
+    """A copy of a real committed metrics file (grokking: kappa medians, accuracies, findings)."""
+    path = tmp_path / "metrics.json"
+    shutil.copy(f"{REPO}/reports/grokking/metrics.json", path)
+    return json.loads(path.read_text())
+
+
+def statuses(table):
+    return dict(zip(table["key"], table["status"], strict=True))
+
+
+def write_stage(root, stage, metrics):
+    folder = root / "reports" / stage
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def git(root, *args):
+    subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def repo(tmp_path, committed):
+    """A git repository whose HEAD has ``reports/x/metrics.json``; returns (root, committed metrics)."""
+    root = tmp_path / "repo"
+    write_stage(root, "x", committed)
+    git(root, "init", "-q")
+    git(root, "add", ".")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "metrics")
+    return root
+
+
+def test_identical_files_are_all_equal(committed, repo, capsys):
+    table = verify.compare(committed, copy.deepcopy(committed))
+    assert set(table["status"]) == {"equal"}
+    assert "conditions.mul_wd0.1.kappa_final_median" in set(table["key"])  # nested keys joined with "."
+    assert verify.main(["x"], "HEAD", repo) == 0
+    assert "28 equal" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("factor", "status"), [(1.1, "within tolerance"), (4.0, "outside tolerance")])
+def test_kappa_change_is_judged_by_its_tolerance(committed, repo, factor, status):
+    key = "conditions.add_wd1.kappa_final_median"
+    rerun = copy.deepcopy(committed)
+    rerun["conditions"]["add_wd1"]["kappa_final_median"] *= factor  # +10 % / +300 %
+    row = verify.compare(committed, rerun).set_index("key").loc[key]
+    assert row["status"] == status
+    assert row["tolerance"] == verify.TOLERANCES["*kappa*"] == 0.5
+    assert row["rel_diff"] == pytest.approx(factor - 1)
+    write_stage(repo, "x", rerun)
+    assert verify.main(["x"], "HEAD", repo) == (1 if status == "outside tolerance" else 0)
+
+
+def test_a_moved_finding_is_a_flipped_verdict(committed, repo):
+    rerun = copy.deepcopy(committed)
+    rerun["findings"]["reproduced"] -= 1
+    rerun["findings"]["not reproduced"] += 1
+    s = statuses(verify.compare(committed, rerun))
+    assert s["findings.reproduced"] == s["findings.not reproduced"] == "verdict flipped"
+    assert s["findings.inconclusive"] == "equal"
+    write_stage(repo, "x", rerun)
+    assert verify.main(["x"], "HEAD", repo) == 1
+
+
+def test_an_absent_findings_count_is_zero(committed):
+    rerun = copy.deepcopy(committed)
+    rerun["findings"]["not comparable"] -= 1
+    rerun["findings"]["supported"] = 1  # a verdict no committed finding had
+    s = statuses(verify.compare(committed, rerun))
+    assert s["findings.not comparable"] == s["findings.supported"] == "verdict flipped"
+
+
+def test_missing_keys_and_nulls(committed):
+    rerun = copy.deepcopy(committed)
+    del rerun["conditions"]["add_wd1"]["kappa_peak_median"]
+    rerun["conditions"]["add_wd1"]["extra"] = 1.0
+    rerun["conditions"]["mul_wd0.1"]["grok_step_mean"] = 1500.0  # null → a number: it grokked now
+    s = statuses(verify.compare(committed, rerun))
+    assert s["conditions.add_wd1.kappa_peak_median"] == s["conditions.add_wd1.extra"] == "missing"
+    assert s["conditions.add_wd1.grok_step_mean"] == "equal"  # null == null
+    assert s["conditions.mul_wd0.1.grok_step_mean"] == "outside tolerance"
+
+
+def test_tolerances_first_matching_pattern_wins():
+    assert verify.tolerance("findings.reproduced") == 0.0
+    assert verify.tolerance("shapes.cnn.healthy.n_flat") == 0.0
+    assert verify.tolerance("signature.mlp.no_norm.kappa.excess_end_median") == 0.5
+    assert verify.tolerance("runs.cnn.healthy.final_test_acc_mean") == 0.05
+    assert verify.tolerance("hutchinson.relative_stderr_median") == 0.25
+    assert verify.tolerance("loss", {"acc": 0.1}) == verify.DEFAULT_TOLERANCE
+    table = verify.compare({"a": 0.0, "b": "x"}, {"a": 1e-12, "b": "y"}, {"*": 0.5})
+    assert list(table["status"]) == ["within tolerance", "outside tolerance"]  # 1e-9 floor for zeros
+
+
+def test_verify_stage_reads_the_committed_file_from_git(committed, repo):
+    rerun = copy.deepcopy(committed)
+    rerun["conditions"]["mul_wd0.1"]["final_test_acc_mean"] = 0.5
+    write_stage(repo, "x", rerun)
+    s = statuses(verify.verify_stage("x", "HEAD", repo))
+    assert s["conditions.mul_wd0.1.final_test_acc_mean"] == "outside tolerance"
+    assert sum(v != "equal" for v in s.values()) == 1
+    with pytest.raises(FileNotFoundError, match=r"no committed reports/y/metrics.json at 'HEAD'"):
+        verify.verify_stage("y", "HEAD", repo)
