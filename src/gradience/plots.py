@@ -14,12 +14,14 @@ def set_theme() -> None:
     sns.set_theme(context="notebook", style="whitegrid", palette="colorblind", rc={"figure.dpi": DPI})
 
 
-def save(fig: plt.Figure, out_dir: str | Path, name: str) -> Path:
-    """Write ``<out_dir>/figures/<name>.png`` and return its path (the figure stays displayable)."""
+def save(fig: plt.Figure, out_dir: str | Path, name: str) -> None:
+    """Write ``<out_dir>/figures/<name>.png``; the figure stays displayable.
+
+    Returns nothing, so a cell ending in ``save(...)`` shows the figure, not a machine's path.
+    """
     path = Path(out_dir) / "figures" / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
-    return path
 
 
 def facet_lines(data, x: str, y: str, hue: str, col: str, *, logx: bool = False, logy: bool = False,

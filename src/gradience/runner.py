@@ -79,6 +79,7 @@ def run_report(
                 log_output=progress, cwd=str(Path.cwd()),
                 parameters={"stage": stage, "report": params.report.model_dump(mode="json"), "out_dir": str(out)},
             )
+            _name_the_source(executed, script)
             missing = [name for name in REQUIRED_OUTPUTS if not (out / name).exists()]
             if missing:
                 raise StageFailed(f"stage {stage!r} finished without writing {missing}")
@@ -90,6 +91,13 @@ def run_report(
                                   f"  the partly executed notebook is kept in {kept}") from None
             raise
     return executed
+
+
+def _name_the_source(executed: Path, script: Path) -> None:
+    """Record the notebook's source (not the temporary .ipynb papermill ran) in its metadata."""
+    nb = nbformat.read(executed, as_version=4)
+    nb.metadata["papermill"]["input_path"] = str(script)
+    nbformat.write(nb, executed)
 
 
 def _keep_failed(executed: Path, stage: str) -> Path | None:
