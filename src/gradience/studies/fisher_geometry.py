@@ -43,15 +43,12 @@ from gradience.studies import base
 from gradience.studies.lm_regimes import (
     DIVERGED_OUTCOMES,
     CouplingParams,
-    LMData,
-    LMModel,
-    Regime,
+    RegimeRunParams,
     coupling_table,
     model_table,
     pre_divergence,
     regime_runs,
     train_regime,
-    unique_regimes,
 )
 from gradience.telemetry.probes import FISHER_KIND_PREFIX, fisher_probe
 from gradience.telemetry.recorder import MODEL_SCOPE
@@ -103,20 +100,8 @@ class AnalysisParams(CouplingParams):
         return v
 
 
-class RunParams(base.RunParams):
-    data: LMData
-    model: LMModel
-    regimes: list[Regime] = Field(min_length=1)
-    steps: int = Field(gt=0)
-    cadence_every: int = Field(gt=0)
-    blowup_factor: float = Field(default=1.5, gt=1)
-    spectra_every: int = Field(default=0, ge=0)
+class RunParams(RegimeRunParams):
     fisher: FisherProbeParams = FisherProbeParams()
-
-    @field_validator("regimes")
-    @classmethod
-    def _unique(cls, v: list[Regime]) -> list[Regime]:
-        return unique_regimes(v)
 
 
 class ReportParams(base.ReportParams):

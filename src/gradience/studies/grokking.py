@@ -53,7 +53,9 @@ class ModelParams(Section):
     n_heads: int = Field(default=4, ge=1)
 
 
-class RunParams(base.RunParams):
+class ModularRunParams(base.RunParams):
+    """The runs keys of every modular-arithmetic study (this one and grokking_transition)."""
+
     modulus: int = 97
     train_fraction: float = Field(gt=0, lt=1)
     steps: int = Field(gt=0)
@@ -62,9 +64,7 @@ class RunParams(base.RunParams):
     betas: tuple[float, float] = (0.9, 0.98)
     model: ModelParams = ModelParams()
     conditions: list[Condition] = Field(min_length=1)
-    cadence_every: int = Field(gt=0)
-    cadence_log_points: int = Field(default=0, ge=0)
-    spectra_every: int = Field(default=0, ge=0)
+    cadence_every: int = Field(gt=0, description="steps between measurements")
 
     @field_validator("modulus")
     @classmethod
@@ -80,6 +80,11 @@ class RunParams(base.RunParams):
         if len(set(names)) != len(names):
             raise ValueError(f"condition names must be unique, got {names}")
         return v
+
+
+class RunParams(ModularRunParams):
+    cadence_log_points: int = Field(default=0, ge=0)
+    spectra_every: int = Field(default=0, ge=0)
 
 
 class ReportParams(base.ReportParams):

@@ -56,9 +56,9 @@ from scipy import stats
 
 from gradience.config import Section
 from gradience.parallel import map_runs
-from gradience.studies import base
-from gradience.studies.grokking import Condition, ModelParams, build_model, grok_step
-from gradience.tasks.modular import MODULI, modular_split
+from gradience.studies import base, grokking
+from gradience.studies.grokking import build_model, grok_step
+from gradience.tasks.modular import modular_split
 from gradience.telemetry import signals
 from gradience.telemetry.recorder import MODEL_SCOPE, Cadence, Recorder
 from gradience.telemetry.spectral import SPECTRAL_METRICS
@@ -118,32 +118,8 @@ class EarlyWarningParams(Section):
         return v
 
 
-class RunParams(base.RunParams):
-    modulus: int = 97
-    train_fraction: float = Field(gt=0, lt=1)
-    steps: int = Field(gt=0)
-    lr: float = Field(gt=0)
-    batch_size: int = Field(default=0, ge=0, description="0: full batch")
-    betas: tuple[float, float] = (0.9, 0.98)
-    model: ModelParams = ModelParams()
-    conditions: list[Condition] = Field(min_length=1)
-    cadence_every: int = Field(gt=0, description="steps between measurements")
+class RunParams(grokking.ModularRunParams):
     gradients: GradientParams = GradientParams()
-
-    @field_validator("modulus")
-    @classmethod
-    def _shipped_modulus(cls, v: int) -> int:
-        if v not in MODULI:
-            raise ValueError(f"must be one of the moduli shipped in data/modular: {MODULI}")
-        return v
-
-    @field_validator("conditions")
-    @classmethod
-    def _unique_names(cls, v: list[Condition]) -> list[Condition]:
-        names = [c.name for c in v]
-        if len(set(names)) != len(names):
-            raise ValueError(f"condition names must be unique, got {names}")
-        return v
 
 
 class ReportParams(base.ReportParams):

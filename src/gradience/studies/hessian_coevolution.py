@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from gradience.config import Section
 from gradience.reporting import finding, mean_spread
@@ -39,16 +39,13 @@ from gradience.studies import base
 from gradience.studies.lm_regimes import (
     DIVERGED_OUTCOMES,
     CouplingParams,
-    LMData,
-    LMModel,
-    Regime,
+    RegimeRunParams,
     coupling_table,
     cross_correlations,
     model_table,
     pre_divergence,
     regime_runs,
     train_regime,
-    unique_regimes,
 )
 from gradience.telemetry.probes import hessian_probe
 
@@ -88,20 +85,8 @@ class LeadLagParams(CouplingParams):
         return [tuple(self.primary), *rest]
 
 
-class RunParams(base.RunParams):
-    data: LMData
-    model: LMModel
-    regimes: list[Regime] = Field(min_length=1)
-    steps: int = Field(gt=0)
-    cadence_every: int = Field(gt=0, description="steps between measurements (evenly spaced: lead-lag needs it)")
-    blowup_factor: float = Field(default=1.5, gt=1, description="stop when train loss > factor × its initial value")
-    spectra_every: int = Field(default=0, ge=0)
+class RunParams(RegimeRunParams):
     hessian: HessianProbeParams = HessianProbeParams()
-
-    @field_validator("regimes")
-    @classmethod
-    def _unique(cls, v: list[Regime]) -> list[Regime]:
-        return unique_regimes(v)
 
 
 class ReportParams(base.ReportParams):

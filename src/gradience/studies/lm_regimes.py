@@ -80,11 +80,24 @@ class LMData(Section):
         return v
 
 
-def unique_regimes(regimes: list[Regime]) -> list[Regime]:
-    names = [r.name for r in regimes]
-    if len(set(names)) != len(names):
-        raise ValueError(f"regime names must be unique, got {names}")
-    return regimes
+class RegimeRunParams(base.RunParams):
+    """The runs keys of every char-LM regime study (hessian_coevolution, fisher_geometry)."""
+
+    data: LMData
+    model: LMModel
+    regimes: list[Regime] = Field(min_length=1)
+    steps: int = Field(gt=0)
+    cadence_every: int = Field(gt=0, description="steps between measurements (evenly spaced: lead-lag needs it)")
+    blowup_factor: float = Field(default=1.5, gt=1, description="stop when train loss > factor × its initial value")
+    spectra_every: int = Field(default=0, ge=0)
+
+    @field_validator("regimes")
+    @classmethod
+    def _unique(cls, v: list[Regime]) -> list[Regime]:
+        names = [r.name for r in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"regime names must be unique, got {names}")
+        return v
 
 
 def lm_split(data_dir: str | Path, data: LMData, seed: int) -> tuple[Split, int]:
