@@ -55,18 +55,22 @@ COLUMNS = ["id", "claim", "seed", "measured", "verdict", "why"]
 
 
 @cache
+def _registry() -> dict:
+    data = yaml.safe_load(files("gradience.claims").joinpath("registry.yaml").read_text())
+    for cid, c in data["claims"].items():
+        if c["source"] not in data["sources"]:
+            raise ValueError(f"claim {cid!r}: unknown source {c['source']!r}; sources: {sorted(data['sources'])}")
+    return data
+
+
 def claims() -> dict[str, dict[str, str]]:
     """The claim registry: id → source, section, claim, published."""
-    data = yaml.safe_load(files("gradience.claims").joinpath("registry.yaml").read_text())
-    sources = data["sources"]
-    for cid, c in data["claims"].items():
-        if c["source"] not in sources:
-            raise ValueError(f"claim {cid!r}: unknown source {c['source']!r}; sources: {sorted(sources)}")
-    return data["claims"]
+    return _registry()["claims"]
 
 
 def sources() -> dict[str, dict[str, str]]:
-    return yaml.safe_load(files("gradience.claims").joinpath("registry.yaml").read_text())["sources"]
+    """The source documents: key → title, what it covers."""
+    return _registry()["sources"]
 
 
 def finding(claim_id: str, measured: str, verdict: Verdict, why: str) -> dict[str, str]:

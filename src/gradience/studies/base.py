@@ -99,6 +99,12 @@ def load_params(stage: str, section: dict[str, Any] | None = None, path: str | P
     return validate_section(stage, params_schema(stage), section)
 
 
+def unique_names(names: list[str], what: str) -> None:
+    """Raise a ``ValueError`` naming ``what`` when ``names`` repeat (for params validators)."""
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} must be unique, got {names}")
+
+
 # ------------------------------------------------------------------------------------ training
 
 
@@ -200,6 +206,21 @@ def load_tables(stage: str, tables_dir: str | Path) -> Tables:
     params = mod.RunParams.model_validate(json.loads((folder / RUN_PARAMS_FILE).read_text()))
     frames = {name: pd.read_parquet(folder / f"{name}.parquet") for name in mod.TABLES}
     return Tables(params, pd.read_parquet(folder / "runs.parquet"), frames)
+
+
+def step_curves(frame: pd.DataFrame, by: str | list[str], metrics: dict[str, str]) -> pd.DataFrame:
+    """Each metric aggregated per group of ``by`` and step (``{"test_acc": "mean"}``), as the long
+    ``curve, step, value`` frame a study's ``curves`` returns; curve = ``<metric>_<group>``.
+    Metrics absent from ``frame`` and all-NaN points are left out."""
+    by = [by] if isinstance(by, str) else list(by)
+    rows = []
+    for metric, how in metrics.items():
+        if metric not in frame:
+            continue
+        g = frame.groupby([*by, "step"])[metric].agg(how).dropna().reset_index()
+        group = g[by].astype(str).agg("_".join, axis=1)
+        rows.append(pd.DataFrame({"curve": metric + "_" + group, "step": g["step"], "value": g[metric]}))
+    return pd.concat(rows, ignore_index=True)
 
 
 def write_report(stage: str, analysis: Any, p: ReportParams, out_dir: str | Path) -> pd.DataFrame:

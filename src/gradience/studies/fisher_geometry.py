@@ -243,11 +243,7 @@ def analyse(tables: base.Tables, p: ReportParams) -> Analysis:
 
 def curves(a: Analysis, p: ReportParams) -> pd.DataFrame:
     """Median training loss and median NG alignment (analysis kind and damping) per regime, against step."""
-    rows = []
-    for metric in ("train_loss", "ng_alignment"):
-        g = a.series.dropna(subset=[metric]).groupby(["regime", "step"])[metric].median().reset_index()
-        rows.append(g.assign(curve=metric + "_" + g["regime"]).rename(columns={metric: "value"}))
-    return pd.concat(rows, ignore_index=True)[["curve", "step", "value"]]
+    return base.step_curves(a.series, "regime", {"train_loss": "median", "ng_alignment": "median"})
 
 
 def _separates(high: pd.Series, low: pd.Series) -> bool:

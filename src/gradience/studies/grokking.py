@@ -76,9 +76,7 @@ class ModularRunParams(base.RunParams):
     @field_validator("conditions")
     @classmethod
     def _unique_names(cls, v: list[Condition]) -> list[Condition]:
-        names = [c.name for c in v]
-        if len(set(names)) != len(names):
-            raise ValueError(f"condition names must be unique, got {names}")
+        base.unique_names([c.name for c in v], "condition names")
         return v
 
 
@@ -214,11 +212,7 @@ def analyse(tables: base.Tables, p: ReportParams) -> Analysis:
 
 def curves(a: Analysis, p: ReportParams) -> pd.DataFrame:
     """Mean test accuracy and median model κ per condition, against step."""
-    rows = []
-    for metric, how in (("test_acc", "mean"), ("kappa", "median")):
-        g = a.model.groupby(["condition", "step"])[metric].agg(how).reset_index()
-        rows.append(g.assign(curve=metric + "_" + g["condition"]).rename(columns={metric: "value"}))
-    return pd.concat(rows, ignore_index=True)[["curve", "step", "value"]]
+    return base.step_curves(a.model, "condition", {"test_acc": "mean", "kappa": "median"})
 
 
 SEED_OUTCOMES = {  # condition → (claim id, grokked in the seed)

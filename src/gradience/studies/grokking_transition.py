@@ -458,12 +458,7 @@ def analyse(tables: base.Tables, p: ReportParams, workers: int = 1) -> Analysis:
 
 def curves(a: Analysis, p: ReportParams) -> pd.DataFrame:
     """Mean test accuracy and median gradient noise scale per condition, against step."""
-    rows = []
-    for metric, how in (("test_acc", "mean"), ("grad_noise_scale", "median")):
-        if metric in a.model:
-            g = a.model.groupby(["condition", "step"])[metric].agg(how).dropna().reset_index()
-            rows.append(g.assign(curve=metric + "_" + g["condition"]).rename(columns={metric: "value"}))
-    return pd.concat(rows, ignore_index=True)[["curve", "step", "value"]]
+    return base.step_curves(a.model, "condition", {"test_acc": "mean", "grad_noise_scale": "median"})
 
 
 # ---------------------------------------------------------------------------- vs the seed

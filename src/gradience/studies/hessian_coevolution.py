@@ -194,11 +194,7 @@ def analyse(tables: base.Tables, p: ReportParams) -> Analysis:
 
 def curves(a: Analysis, p: ReportParams) -> pd.DataFrame:
     """Median λ_max·η/2 and median κ per regime, against step."""
-    rows = []
-    for metric in ("sharpness_over_edge", "kappa"):
-        g = a.series.dropna(subset=[metric]).groupby(["regime", "step"])[metric].median().reset_index()
-        rows.append(g.assign(curve=metric + "_" + g["regime"]).rename(columns={metric: "value"}))
-    return pd.concat(rows, ignore_index=True)[["curve", "step", "value"]]
+    return base.step_curves(a.series, "regime", {"sharpness_over_edge": "median", "kappa": "median"})
 
 
 def _diverged(df: pd.DataFrame) -> pd.Series:

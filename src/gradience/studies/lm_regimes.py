@@ -94,9 +94,7 @@ class RegimeRunParams(base.RunParams):
     @field_validator("regimes")
     @classmethod
     def _unique(cls, v: list[Regime]) -> list[Regime]:
-        names = [r.name for r in v]
-        if len(set(names)) != len(names):
-            raise ValueError(f"regime names must be unique, got {names}")
+        base.unique_names([r.name for r in v], "regime names")
         return v
 
 

@@ -156,16 +156,13 @@ class RunParams(base.RunParams):
     @field_validator("families")
     @classmethod
     def _unique_families(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"families must be unique, got {v}")
+        base.unique_names(v, "families")
         return v
 
     @field_validator("arms")
     @classmethod
     def _one_healthy_arm(cls, v: list[Arm]) -> list[Arm]:
-        names = [a.name for a in v]
-        if len(set(names)) != len(names):
-            raise ValueError(f"arm names must be unique, got {names}")
+        base.unique_names([a.name for a in v], "arm names")
         healthy = [a.name for a in v if a.role == "healthy"]
         if len(healthy) != 1 or not next(a for a in v if a.role == "healthy").norm:
             raise ValueError(f"exactly one arm must have role 'healthy' (with norm: true), got {healthy}")
@@ -473,11 +470,10 @@ def curves(a: Analysis, p: ReportParams) -> pd.DataFrame:
     """Mean effective rank (over layers and seeds) and mean train loss per family × arm, against step."""
     tele = a.telemetry
     loss = tele[(tele["scope"] == MODEL_SCOPE) & (tele["metric"] == "train_loss")].merge(a.runs[["run", "family", "arm"]])
-    frames = []
-    for name, d in (("effective_rank", layer_frame(tele, a.runs)), ("train_loss", loss)):
-        g = d.groupby(["family", "arm", "step"])["value"].mean().reset_index()
-        frames.append(g.assign(curve=name + "_" + g["family"] + "_" + g["arm"]))
-    return pd.concat(frames, ignore_index=True)[["curve", "step", "value"]]
+    rank = layer_frame(tele, a.runs).rename(columns={"value": "effective_rank"})
+    return pd.concat([base.step_curves(rank, ["family", "arm"], {"effective_rank": "mean"}),
+                      base.step_curves(loss.rename(columns={"value": "train_loss"}), ["family", "arm"],
+                                       {"train_loss": "mean"})], ignore_index=True)
 
 
 def _per_family(frame: pd.DataFrame, column: str) -> tuple[str, dict[str, float]]:
