@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -83,6 +84,60 @@ def finding(claim_id: str, measured: str, verdict: Verdict, why: str) -> dict[st
     c = registry[claim_id]
     return {"id": claim_id, "claim": c["claim"], "seed": str(c["published"]), "measured": measured,
             "verdict": verdict, "why": why}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One thing a claim needs from the runs: how much the runs reached against how much it needs.
+
+    ``Budget("lr·wd·steps", 12.0, 10.0)`` (a clock), ``Budget("seeds with a grok", 2, 1)`` (a
+    control that must have happened), ``Budget("runs with wd 0", 3, 1)`` (a control that must exist).
+    """
+
+    name: str
+    reached: float
+    needed: float
+
+    @property
+    def met(self) -> bool:
+        return bool(self.reached >= self.needed)
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.reached:,.3g} (needs ≥ {self.needed:,.3g})"
+
+
+def judge(holds: bool | None, budgets: Sequence[Budget] = (), *, absence: bool = False) -> tuple[Verdict, str]:
+    """The verdict and the budget sentence for a claim the runs checked.
+
+    ``holds``: whether the measurement agrees with the claim (``None``: nothing to judge →
+    "inconclusive"). ``budgets``: what the claim needs (steps on the right clock, controls, seeds).
+    ``absence``: the claim says something does *not* happen ("add wd 0.01 does not grok"), which a
+    run too short for it to happen agrees with vacuously.
+
+    - every budget met: "reproduced" / "not reproduced";
+    - a budget short: "not comparable", except that an event the claim predicts and the runs show
+      ("it groks") is "reproduced" however short the budget: a short run cannot fake it.
+
+    The returned sentence names every budget, reached against needed, so the Findings table says
+    what was tested.
+    """
+    short = [b for b in budgets if not b.met]
+    said = "; ".join(str(b) for b in budgets)
+    if holds is None:
+        return "inconclusive", said
+    if not short:
+        return ("reproduced" if holds else "not reproduced"), said
+    if holds and not absence:
+        return "reproduced", said
+    return "not comparable", "short of budget: " + "; ".join(str(b) for b in short) + (
+        f" (met: {'; '.join(str(b) for b in budgets if b.met)})" if len(short) < len(budgets) else "")
+
+
+def judged(claim_id: str, measured: str, holds: bool | None, why: str, budgets: Sequence[Budget] = (),
+           *, absence: bool = False) -> dict[str, str]:
+    """A Findings row whose verdict comes from :func:`judge`; ``why`` is followed by the budget."""
+    verdict, budget = judge(holds, budgets, absence=absence)
+    return finding(claim_id, measured, verdict, "; ".join(x for x in (why, budget) if x))
 
 
 def findings_table(rows: Iterable[dict[str, str]]) -> pd.DataFrame:
