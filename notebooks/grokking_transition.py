@@ -12,21 +12,31 @@
 # # Protocol B — Is grokking preceded by critical slowing down?
 #
 # **Question** (seed 001, hypothesis 2). "Grokking is preceded by diverging autocorrelation time in
-# layer-wise spectral metrics." The agenda's phase-transition picture also expects rising
-# fluctuations (variance) in the gradients; its falsifier is "no detectable precursors to phase
-# transitions". Seed 000 concluded that spectral metrics are *diagnostic, not predictive*.
+# layer-wise spectral metrics." The agenda's phase-transition picture also expects "increasing
+# variance in gradients"; its falsifier is "no detectable precursors to phase transitions". Seed 000
+# concluded that spectral metrics are *diagnostic, not predictive*.
 #
-# **Protocol.** `a + b mod 97`, the grokking stage's MLP, AdamW, full batch, dense telemetry at a
-# fixed cadence (train/test loss and accuracy, spectral metrics of every weight matrix, gradient
-# norm, cosine between successive measured gradients, gradient noise scale B_simple). One condition
-# that groks (weight decay 1) and non-grokking negative controls (weight decay 0 and the seed's
-# 0.01), each over several seeds. For every run the transition onset t* is detected (test accuracy
-# leaves chance for good); the series in the pre-transition window [memorisation, t*) are detrended
-# and their rolling variance, lag-1 autocorrelation and integrated autocorrelation time are tested
-# for a rising trend (Kendall τ) against phase-randomised surrogates. Controls are analysed over
-# windows of the same length. Every definition and the verdict rule are stated in
-# `gradience.studies.grokking_transition`; this notebook reads the runs of the training stage
-# `grokking_transition_runs`, analyses, plots and compares.
+# **Protocol.** Modular arithmetic mod 97 (addition and multiplication), the grokking stage's MLP,
+# AdamW, **mini-batch** training (so that there are fluctuations to slow down), dense telemetry at a
+# fixed cadence: train/test loss and accuracy, spectral metrics of every weight matrix, mini-batch
+# gradient norm and loss, cosine between measured gradients, and the gradient covariance trace
+# tr Σ of per-example gradients (with B_simple = tr Σ / ‖G‖²). **Every** grokking condition is
+# tested on its own, each against the same non-grokking reference (weight decay 0, both operations),
+# analysed over the same steps as the condition's grokking runs of the same seed. Per series in the
+# pre-transition window [memorisation, t*): the residual statistics (rolling variance, lag-1
+# autocorrelation, integrated autocorrelation time of the detrended series; Kendall τ of their
+# trend against phase-randomised surrogates) and, for tr Σ, the **level** itself (Kendall τ of
+# log tr Σ against time, against surrogates of its linearly detrended fluctuations). Beside every
+# verdict, the **power**: how often the same test detects a critical slowing down (or a tr Σ rise)
+# of stated size injected into series of the same length and noise. Definitions, free choices and
+# the verdict rule: `gradience.studies.grokking_transition`.
+#
+# **Free choices the seed does not fix** (stated here and in the module docstring): lr, batch size,
+# train fraction, the conditions (weight decay 0.1 for both operations — the seed's value — and
+# 0.3 for addition, a faster grokker), the cadence, the 1,024 examples evaluated per point, the 128
+# examples of the tr Σ subsample, the stop rule (a grokking run stops `stop.hold_steps` after it
+# groks), and the claimed effect sizes of the power analysis (`power.claimed_slowing`,
+# `power.claimed_rise`).
 
 # %% tags=["parameters"]
 stage = "grokking_transition"
@@ -34,7 +44,7 @@ report = None  # this stage's `report` section of params.yaml; None reads params
 out_dir = None  # None: an interactive run, written to .gradience/scratch/grokking_transition/
 
 # %%
-import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from IPython.display import Markdown, display
@@ -47,22 +57,31 @@ ctx = base.open_report(stage, report, out_dir)
 P, R, out_dir = ctx.params, ctx.tables.params, ctx.out_dir
 plots.set_theme()
 names = [c.name for c in R.conditions]
-EW = P.early_warning
-print(f"profile={R.profile}  steps={R.steps:,}  cadence every {R.cadence_every} steps  seeds={R.seeds}  "
-      f"noise subsample={R.gradients.noise_examples}  surrogates={EW.n_surrogates} ({EW.surrogate})")
+EW, PW = P.early_warning, P.power
+print(f"profile={R.profile}  lr={R.lr:g}  batch={R.batch_size}  cap={R.steps:,} steps  cadence every "
+      f"{R.cadence_every}  seeds={R.seeds}  tr Σ subsample={R.gradients.noise_examples}  surrogates="
+      f"{EW.n_surrogates} ({EW.surrogate})  power sims={PW.n_sims}")
 
 # %% [markdown]
-# ## The runs, and their transitions
-# The training stage wrote the telemetry and one row per run (everything needed to rerun it) to
-# `reports/grokking_transition/tables/`. The analysis adds, per run, t_mem, the onset t*, the 0.5
-# midpoint, the grok step and the analysis window, then the early-warning statistics of every
-# series. All steps below are optimiser steps.
+# ## The runs, their cost, and their transitions
+# One row per run: outcome, t_mem, onset t*, grok step, the lr·wd·steps clock at the grok step, the
+# steps run (grokking runs stop `stop.hold_steps` after grokking) and the CPU seconds each run took.
 
 # %%
 results = gt.analyse(ctx.tables, P)
-tele, tr, ew, model = results.telemetry, results.transitions, results.early_warning, results.model
-tr[["condition", "seed", "outcome", "grokked", "t_mem", "t_onset", "t_mid", "grok_step", "window_start",
-    "window_end", "final_test_acc"]]
+tele, tr, ew, model, units = results.telemetry, results.transitions, results.early_warning, results.model, results.units
+tr = tr.assign(grok_clock=tr.grok_step * tr.lr * tr.weight_decay)
+display(tr[["condition", "seed", "reference", "grokked", "t_mem", "t_onset", "grok_step", "grok_clock", "steps_run",
+            "final_test_acc", "cpu_seconds"]])
+print(f"training CPU: {tr.cpu_seconds.sum():.0f} s over {len(tr)} runs "
+      f"(≈ {tr.cpu_seconds.sum() / 2 / 60:.1f} min wall on 2 workers)")
+
+# %% [markdown]
+# The analysis units: each grokking run over its own window, each reference run once per tested
+# condition over that condition's window (same seed).
+
+# %%
+units
 
 # %% [markdown]
 # ## Accuracy, and where the transition was detected
@@ -80,103 +99,155 @@ plots.save(g.figure, out_dir, "accuracy_and_onset")
 
 # %% [markdown]
 # ## Gradient statistics over training
-# Global gradient norm, cosine between gradients one cadence interval apart, and the gradient
-# noise scale B_simple = tr Σ / ‖G‖² (McCandlish et al. 2018) on a fixed training subsample.
+# Mini-batch gradient norm, cosine between gradients one cadence interval apart, the gradient
+# covariance trace tr Σ and the noise scale B_simple (McCandlish et al. 2018) on a fixed subsample.
 
 # %%
-grad = model.melt(id_vars=["run", "step", "condition"], value_vars=["grad_norm", "grad_cosine", "grad_noise_scale"],
-                  var_name="statistic", value_name="value").dropna()
+stats_shown = [m for m in ["grad_norm", "grad_cosine", "grad_noise_trace", "grad_noise_scale"] if m in model]
+grad = model.melt(id_vars=["run", "step", "condition"], value_vars=stats_shown, var_name="statistic",
+                  value_name="value").dropna()
 g = sns.relplot(data=grad[grad.step > 0], x="step", y="value", hue="condition", row="statistic", kind="line",
-                units="run", estimator=None, lw=0.7, height=2.4, aspect=3.2, hue_order=names,
+                units="run", estimator=None, lw=0.6, height=2.3, aspect=3.2, hue_order=names,
                 facet_kws={"sharey": False})
-for ax, stat in zip(g.axes.flat, ["grad_norm", "grad_cosine", "grad_noise_scale"], strict=True):
+for ax, stat in zip(g.axes.flat, stats_shown, strict=True):
     ax.set(yscale="linear" if stat == "grad_cosine" else "log", ylabel=stat)
 g.figure.suptitle("Gradient statistics (one line per run)", y=1.02)
 plots.save(g.figure, out_dir, "gradient_statistics")
 
 # %% [markdown]
-# ## One layer-wise series up close
-# The stable rank of the hidden layer in the pre-transition window: the series (log10), its
-# Gaussian-detrended residual and the three rolling indicators, grokking runs vs controls.
+# ## The level of tr Σ before the transition
+# log10 tr Σ against steps before the end of the window (t* for grokking runs, the matched t* for
+# controls), one panel per tested condition. A rising level before t* in grokking runs, and not in
+# the controls, is what "increasing variance in gradients" predicts.
 
 # %%
-close_up = gt.indicator_curves(tele, tr, "hidden.weight", "stable_rank", EW)
+trace = tele[(tele.scope == "model") & (tele.metric == "grad_noise_trace")]
+frames = []
+for u in units.itertuples():
+    if not np.isfinite(u.window_end) or not (u.control or u.grokked):
+        continue
+    s = trace[(trace.run == u.run) & (trace.step >= u.window_start) & (trace.step < u.window_end)]
+    frames.append(pd.DataFrame({"unit": f"{u.run}→{u.tested}", "tested": u.tested,
+                                "kind": "control" if u.control else "grokking run",
+                                "steps before t*": s.step - u.window_end, "log10 tr Σ": np.log10(s.value)}))
+if frames:
+    lv = pd.concat(frames, ignore_index=True)
+    g = sns.relplot(data=lv, x="steps before t*", y="log10 tr Σ", hue="kind", col="tested", units="unit",
+                    estimator=None, kind="line", lw=0.7, height=3, aspect=1.3)
+    g.figure.suptitle("Gradient covariance trace in the pre-transition window", y=1.03)
+    plots.save(g.figure, out_dir, "noise_trace_level")
+
+# %% [markdown]
+# ## One layer-wise series up close
+# The stable rank of the hidden layer in the pre-transition window of the first tested condition:
+# the series (log10), its Gaussian-detrended residual and the three rolling indicators, grokking
+# runs vs controls.
+
+# %%
+first = units.loc[~units.control, "tested"].iloc[0]
+close_up = gt.indicator_curves(tele, units[units.tested == first], "hidden.weight", "stable_rank", EW)
 if len(close_up):
-    close_up["kind"] = close_up.grokked.map({True: "grokking run", False: "control"})
+    close_up["kind"] = close_up.control.map({False: "grokking run", True: "control"})
     g = sns.relplot(data=close_up, x="step", y="value", hue="kind", units="run", estimator=None, row="quantity",
                     kind="line", lw=0.8, height=2.0, aspect=3.5, facet_kws={"sharey": False},
                     row_order=["series", "residual", *gt.INDICATORS])
     g.set_titles("{row_name}")
-    g.figure.suptitle("hidden.weight stable rank before the transition", y=1.02)
+    g.figure.suptitle(f"hidden.weight stable rank before the transition ({first})", y=1.02)
     plots.save(g.figure, out_dir, "indicators_hidden_stable_rank")
 
 # %% [markdown]
 # ## Kendall τ of each indicator, grokking runs vs controls
-# One point per run and series; filled markers: significant against the surrogates (τ > 0 and p < α).
+# One point per analysis unit and series, all tested conditions together.
 
 # %%
-done = ew[ew.skipped == ""].copy()
+done = ew[(ew.skipped == "") & (ew.control | ew.grokked)].copy()
 done["series"] = done.scope.str.replace(".weight", "", regex=False) + ":" + done.metric
-done["kind"] = done.grokked.map({True: "grokking run", False: "control"})
+done["kind"] = done.control.map({False: "grokking run", True: "control"})
 if len(done):
     g = sns.catplot(data=done, x="kendall_tau", y="series", hue="kind", col="indicator", kind="strip",
-                    col_order=list(gt.INDICATORS), height=6, aspect=0.7, dodge=True, size=4, alpha=0.75)
+                    col_order=[*gt.INDICATORS, gt.LEVEL], height=6, aspect=0.6, dodge=True, size=3, alpha=0.7)
     for ax in g.axes.flat:
         ax.axvline(0, c="grey", lw=0.8)
-    g.set_axis_labels("Kendall τ of the rolling indicator", "")
-    g.figure.suptitle("Trend of each early-warning indicator before the transition", y=1.02)
+    g.set_axis_labels("Kendall τ", "")
+    g.figure.suptitle("Trend of each early-warning indicator (and of the tr Σ level) before the transition", y=1.02)
     plots.save(g.figure, out_dir, "kendall_tau")
 
 # %% [markdown]
-# ## The tests behind the verdicts
-# For each test: per run, the fraction of its series that signal. The hypothesis needs this to be
-# common in grokking runs (≥ `min_hit_fraction`) *and* higher than in the non-grokking controls.
+# ## The tests behind the verdicts, per tested condition
+# Per unit, the fraction of its series that signal (τ > 0, surrogate p < α). The hypothesis needs
+# this to be common in grokking runs (≥ `min_hit_fraction`) *and* higher than in the controls
+# (one-sided Mann–Whitney U over runs).
 
 # %%
 fractions = results.fractions.copy()
-fractions["kind"] = fractions.grokked.map({True: "grokking run", False: "control"})
+fractions["kind"] = fractions.control.map({False: "grokking run", True: "control"})
 if len(fractions):
-    fig, ax = plt.subplots(figsize=(8, 3.4))
-    sns.stripplot(data=fractions, x="test", y="fraction", hue="kind", dodge=True, size=7, ax=ax)
-    ax.axhline(EW.min_hit_fraction, ls="--", c="grey", lw=1, label="min_hit_fraction")
-    ax.axhline(EW.alpha, ls=":", c="grey", lw=1, label="α (chance rate)")
-    ax.set(title="Fraction of series with a significant rising indicator, per run", xlabel="",
-           ylabel="fraction of series", ylim=(-0.05, 1.05))
-    ax.legend(fontsize=8)
-    plots.save(fig, out_dir, "signalling_fractions")
-display(pd.DataFrame(results.tests).T[["group", "indicator", "hit_fraction", "control_fraction", "p_mannwhitney",
-                                       "verdict", "why"]])
+    g = sns.catplot(data=fractions, x="test", y="fraction", hue="kind", col="tested", kind="strip", dodge=True,
+                    size=6, height=3.4, aspect=1.2)
+    for ax in g.axes.flat:
+        ax.axhline(EW.min_hit_fraction, ls="--", c="grey", lw=1)
+        ax.axhline(EW.alpha, ls=":", c="grey", lw=1)
+        ax.tick_params(axis="x", rotation=30)
+    g.figure.suptitle("Fraction of series with a significant rising indicator (dashed: min_hit_fraction, "
+                      "dotted: α)", y=1.04)
+    plots.save(g.figure, out_dir, "signalling_fractions")
+display(results.tests.drop(columns=["group"]).round(3))
+
+# %% [markdown]
+# ## What the tests could have detected (power)
+# Residual tests: AR(1) noise of the median length and median residual lag-1 autocorrelation of the
+# condition's grokking series, with the coefficient rising by t* a fraction *s* of its distance to
+# 1 (x axis); the null is the stationary AR(1), which is what the phase surrogates of a stationary
+# series are. Level test: each grokking run's own tr Σ fluctuations with a rise by the factor on
+# the x axis. Dashed line: the target power; the star marks the claimed effect.
+
+# %%
+pwr = results.power
+if len(pwr):
+    g = sns.relplot(data=pwr, x="effect", y="power", hue="tested", col="test", kind="line", marker="o",
+                    height=3, aspect=1.1, facet_kws={"sharex": False})
+    for ax, test in zip(g.axes.flat, g.col_names, strict=True):
+        ax.axhline(PW.target, ls="--", c="grey", lw=1)
+        claimed = pwr[(pwr.test == test) & pwr.claimed]
+        ax.scatter(claimed.effect, claimed.power, marker="*", s=120, c="k", zorder=3)
+        if gt.TESTS[test][1] == gt.LEVEL:
+            ax.set(xscale="log", xlabel="tr Σ rise factor by t*")
+        else:
+            ax.set(xlabel="slowing s (AR coefficient: fraction of the way to 1)")
+    g.figure.suptitle("Power of each test against an effect of known size", y=1.04)
+    plots.save(g.figure, out_dir, "power")
+display(results.power_summary.round(3))
 
 # %% [markdown]
 # ## Every signal: trend, significance rate, lead time
-# Medians over runs. `lead_steps_grok`: steps between the alarm (indicator above its baseline for
-# good) and t*; `xcorr_lag_steps`: lag of the largest cross-correlation of the series' changes with
-# test accuracy's changes around t* (positive: the series moves first).
+# Medians over units, per tested condition. `lead_steps_grok`: steps between the alarm (indicator
+# above its baseline for good) and t*; `xcorr_lag_steps`: lag of the largest cross-correlation of
+# the series' changes with test accuracy's changes around t* (positive: the series moves first).
 
 # %%
 results.signals.round(3)
 
 # %% [markdown]
 # ## How far the test reaches
-# - **Deterministic dynamics.** Training is full batch, so the residuals around the trend are slow
-#   deterministic deviations, not noise: critical-slowing-down theory assumes a noise-driven system
-#   near a bifurcation, which this is at best loosely. At this cadence the residuals of most series
-#   have lag-1 autocorrelation close to 1 (see the close-up above).
-# - **Two estimators of autocorrelation time.** H2 is tested with Sokal's model-free integrated
-#   autocorrelation time, whose rolling estimate is noisy (the tests show it is far less powerful
-#   than lag-1 autocorrelation on a genuine AR(1) slowing-down series). Under an AR(1) model the
-#   autocorrelation time is (1+ρ₁)/(1−ρ₁), a monotone map of ρ₁, so the lag-1 row is also the
-#   AR(1)-model test of H2 (Kendall τ is rank-based and unchanged by the map).
-# - **Retrospective.** Detrending uses the whole pre-transition window, and t* is known; a
-#   verdict of "supported" is a precursor in hindsight, not a forecast.
-# - **Units of evidence.** Series within one run are correlated, so the comparison with the controls
-#   is made per run (Mann–Whitney U over runs), not per series.
+# - **Fluctuations.** Training is mini-batch, so the series carry sampling noise around their
+#   trend; critical-slowing-down theory assumes a noise-driven system near a bifurcation, which a
+#   grokking network is at best loosely. The spectral series are smooth functions of weights that
+#   move little per step, so their residuals stay strongly autocorrelated at this cadence (see the
+#   `resid_lag1` column): the power analysis takes that into account.
+# - **Power.** A negative verdict ("not reproduced") is given only where the test had power ≥
+#   `power.target` at the claimed effect; otherwise "not comparable", with the power in the reason.
+# - **Runs as units.** Series within one run are correlated, so the comparison with the controls
+#   is made per run (Mann–Whitney U over runs); with 3 grokking runs it needs ≥ 4 controls to be
+#   able to reach p < 0.05 at all, hence the two reference conditions.
+# - **Retrospective.** Detrending uses the whole pre-transition window and t* is known: a
+#   "supported" verdict is a precursor in hindsight, not a forecast.
 
 # %% [markdown]
 # ## Findings vs the seed
-# Verdicts are computed by `gradience.studies.grokking_transition.findings` from the runs above; the
-# seed column comes from the repository's claim registry. `write_report` also writes `metrics.json`
-# and the curves for `dvc plots`.
+# Verdicts are computed by `gradience.studies.grokking_transition.findings` from the runs above
+# (`gradience.reporting.judged`: every verdict names the budgets it needed — grokking runs, control
+# runs, points before t*, power at the claimed effect); the seed column comes from the repository's
+# claim registry. `write_report` also writes `metrics.json` and the curves for `dvc plots`.
 
 # %%
 table = base.write_report(stage, results, P, out_dir)

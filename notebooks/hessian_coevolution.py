@@ -22,15 +22,29 @@
 # loads TinyShakespeare through `datasets`). It is trained by **full-batch gradient descent**, so the
 # stability edge is exactly λ_max(H) = 2/η (with Adam the edge concerns the preconditioned Hessian,
 # which the probes do not see). Three regimes, with η in units of the initial edge 2/λ_max(θ₀):
-# *stable* (small η, gradient clipping), *marginal* (η for which progressive sharpening brings
-# λ_max to 2/η within the run) and *unstable* (η ramped linearly to far past the edge; divergence is
-# a recorded outcome). Every `cadence_every` steps: full SVD of every weight matrix (the training
-# loop), the top-10 Hessian eigenvalues (ARPACK Lanczos on `torch.func` HVPs), and the Hutchinson
-# trace with its standard error, all on the whole training set — the loss GD descends. Lead–lag:
-# detrended (log) series, cross-correlation r(k) = corr(x_t, y_{t+k}), significance against
-# phase-randomised surrogates. Every definition is in `gradience.studies.hessian_coevolution` and
-# `gradience.studies.lm_regimes`; this notebook reads the runs of the training stage
-# `hessian_coevolution_runs`, plots and compares.
+# *stable* (small η, gradient clipping; the control), *marginal* (η for which progressive sharpening
+# brings λ_max to 2/η within the run) and *unstable* (η ramped linearly to far past the edge;
+# divergence is a recorded outcome).
+#
+# **Measurements, every step** (default profile): the full SVD of every weight matrix, and λ_max
+# of the training-set Hessian tracked by Lanczos warm-started from the previous step's top
+# eigenvector (stopped at a relative residual of `hessian.track_tol`; a few HVPs per step). Every
+# `hessian.full_every` steps a cold ARPACK Lanczos gives the top-10 eigenvalues — it also checks the
+# tracked λ_max and restarts the tracking if it fell behind — and the Hutchinson trace with its
+# standard error.
+#
+# **Lead–lag.** Cross-correlation r(k) = corr(x_t, λ_max,t+k) of a weight metric x with λ_max
+# (log10), in two views: the **levels** (co-evolution is in the trends; detrending would remove
+# it) and the **detrended residuals** (fluctuations about the trends). Significance against
+# phase-randomised surrogates of x.
+#
+# **Free choices the seed does not fix** (stated here and in `gradience.studies.hessian_coevolution`):
+# the model size, the corpus window, the regimes' η, the 200-step budget; the analysed window is
+# every step before divergence; the **predicted lead** K (the seed gives no number): 1 ≤ K ≤ 30
+# steps — a lead below one GD update cannot be causal, and a lead must fit inside the approach it
+# precedes (the marginal runs sharpen from about 0.3 to 1 × 2/η in 30–60 steps); the lag range
+# ±40 steps at a cadence of 1 step covers it. "Approaching instability" = the marginal and unstable
+# runs that actually reached λ_max·η/2 ≥ 1.
 
 # %% tags=["parameters"]
 stage = "hessian_coevolution"
@@ -48,58 +62,85 @@ from gradience.studies import hessian_coevolution as hc
 
 ctx = base.open_report(stage, report, out_dir)
 P, R, out_dir = ctx.params, ctx.tables.params, ctx.out_dir
+LL = P.lead_lag
 plots.set_theme()
 order = [r.name for r in R.regimes]
 print(f"profile={R.profile}  steps={R.steps}  cadence every {R.cadence_every}  seeds={R.seeds}  "
       f"model={R.model.model_dump()}  data={R.data.model_dump()}")
-print(f"Hessian: top-{R.hessian.top_k} Lanczos (tol {R.hessian.lanczos_tol:g}), Hutchinson with "
-      f"{R.hessian.hutchinson_probes} Rademacher probes, on {'all' if R.hessian.measure_batch == 0 else R.hessian.measure_batch} training windows")
+print(f"λ_max tracked every {R.cadence_every} step(s) to relative residual {R.hessian.track_tol:g}; every "
+      f"{R.hessian.full_every} steps: cold top-{R.hessian.top_k} Lanczos (tol {R.hessian.lanczos_tol:g}) and "
+      f"Hutchinson with {R.hessian.hutchinson_probes} Rademacher probes, on "
+      f"{'all' if R.hessian.measure_batch == 0 else R.hessian.measure_batch} training windows")
+print(f"lead–lag: lags ±{LL.max_lag} points = ±{LL.max_lag * R.cadence_every} steps; predicted lead "
+      f"{LL.predicted_lead[0]}–{LL.predicted_lead[1]} steps; ≥ {LL.min_points} points per run; "
+      f"{LL.surrogates} {LL.surrogate_kind} surrogates; α = {LL.alpha}")
 
 # %% [markdown]
 # ## The runs
 # The training stage `hessian_coevolution_runs` wrote the telemetry (`run, step, scope, metric, value`),
-# the singular-value snapshots and one row per run (with λ_max(θ₀) and the η actually used) to
-# `reports/hessian_coevolution/tables/`. `analyse` adds the edge summary per run and the lead–lag
-# tests of every weight × Hessian pair.
+# the singular-value snapshots and one row per run (with λ_max(θ₀), the η actually used and the CPU
+# seconds) to `reports/hessian_coevolution/tables/`. `analyse` adds the edge summary per run and the
+# lead–lag tests of every weight metric × λ_max pair in both views.
 
 # %%
 results = hc.analyse(ctx.tables, P)
 series, summary, lead_lag = results.series, results.summary, results.lead_lag
-cols = ["regime", "seed", "lambda_max_init", "lr", "outcome", "diverged_at", "ratio_max", "edge_step",
-        "ratio_after_edge", "frac_at_edge", "final_train_loss"]
+cols = ["regime", "seed", "lambda_max_init", "lr", "outcome", "diverged_at", "n_points", "ratio_max", "edge_step",
+        "ratio_after_edge", "frac_at_edge", "final_train_loss", "hvp_per_step", "cold_gap_max", "restarts",
+        "cpu_seconds"]
 summary[cols].round(3)
 
 # %% [markdown]
-# ## Hutchinson: how precise is the trace?
-# The seed asks for 100 Hutchinson probes per trace; the default profile uses the number printed
-# below (CPU budget; the paper profile uses 100). The standard error of each estimate, relative to
-# the trace, says what that costs.
+# ## What λ_max every step costs
+# HVPs per step of the warm-started tracking against the HVPs of one cold top-k Lanczos + Hutchinson
+# measurement, the largest relative disagreement of the tracked λ_max with the cold Lanczos where
+# both were measured, and the CPU seconds per run (the whole run: training, SVDs, probes).
 
 # %%
 hu = results.hutchinson
-print(f"{hu['probes']} probes per estimate; relative standard error: median {hu['relative_stderr_median']:.3f}, "
-      f"90th percentile {hu['relative_stderr_p90']:.3f}; HVPs per measurement: median {hu['hvp_per_measurement_median']:.0f}")
+print(f"tracking: median {summary.hvp_per_step.median():.1f} HVPs per step (max over runs of the median "
+      f"{summary.hvp_per_step.max():.1f}); cold top-{R.hessian.top_k} + trace: median "
+      f"{hu['hvp_per_measurement_median']:.0f} HVPs per measurement")
+print(f"tracked vs cold λ_max: largest relative gap {summary.cold_gap_max.max():.2e}; cold restarts "
+      f"{int(summary.restarts.sum())} over {len(summary)} runs")
+print(f"CPU seconds per run: {summary.groupby('regime', sort=False).cpu_seconds.median().round(1).to_dict()} "
+      f"(median per regime); total {summary.cpu_seconds.sum():.0f} s")
+print(f"Hutchinson ({hu['probes']} probes): relative standard error median {hu['relative_stderr_median']:.3f}, "
+      f"90th percentile {hu['relative_stderr_p90']:.3f}")
 
 # %% [markdown]
-# ## Loss and sharpness against the edge 2/η
-# Left: training loss. Right: λ_max·η/2 (1 = the edge of stability of GD); one line per seed.
+# ## λ_max against the edge 2/η, every step
+# One panel per regime: λ_max of every seed (lines) and its edge 2/η (dashed, same colour; it
+# falls along the unstable regime's η ramp). Below: training loss, and λ_max·η/2 (1 = the edge).
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-sns.lineplot(data=series, x="step", y="train_loss", hue="regime", units="seed", estimator=None, hue_order=order,
-             ax=axes[0])
-axes[0].set(title="Training loss (full batch; the last point of a diverged run is its blow-up)",
-            ylabel="cross-entropy (nats)", yscale="log")
-sns.lineplot(data=series.dropna(subset=["sharpness_over_edge"]), x="step", y="sharpness_over_edge", hue="regime",
-             units="seed", estimator=None, hue_order=order, ax=axes[1])
-axes[1].axhline(1.0, ls="--", c="grey", lw=1, label="edge λ_max = 2/η")
-axes[1].set(yscale="log", title="Sharpness relative to the edge", ylabel="λ_max · η / 2")
-axes[1].legend(fontsize=8)
+live = series.dropna(subset=["lambda_max"])
+fig, axes = plt.subplots(2, len(order), figsize=(4.6 * len(order), 7.2), sharex=True)
+palette = dict(zip(R.seeds, sns.color_palette("colorblind", len(R.seeds)), strict=False))
+for j, name in enumerate(order):
+    ax = axes[0, j]
+    for seed, g in live[live.regime == name].groupby("seed"):
+        ax.plot(g.step, g.lambda_max, color=palette[seed], lw=1, label=f"λ_max, seed {seed}")
+        ax.plot(g.step, g.edge_2_over_lr, color=palette[seed], lw=1, ls="--", label=f"2/η, seed {seed}")
+    ax.set(yscale="log", title=f"{name}: λ_max and 2/η", ylabel="eigenvalue")
+    ax = axes[1, j]
+    sns.lineplot(data=live[live.regime == name], x="step", y="sharpness_over_edge", hue="seed", palette=palette,
+                 ax=ax, legend=False, lw=1)
+    ax.axhline(1.0, ls="--", c="grey", lw=1)
+    ax.set(yscale="log", title=f"{name}: λ_max·η/2 (1 = edge)", ylabel="λ_max · η / 2", xlabel="step")
+axes[0, 0].legend(fontsize=7, ncol=2)
 fig.tight_layout()
-plots.save(fig, out_dir, "loss_and_edge")
+plots.save(fig, out_dir, "lambda_max_vs_edge")
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.6))
+sns.lineplot(data=series, x="step", y="train_loss", hue="regime", units="seed", estimator=None, hue_order=order, ax=ax)
+ax.set(title="Training loss (full batch; a diverged run ends at its blow-up)", ylabel="cross-entropy (nats)", yscale="log")
+fig.tight_layout()
+plots.save(fig, out_dir, "loss")
 
 # %% [markdown]
-# ## The Hessian spectrum: top-10 eigenvalues and trace
+# ## The Hessian spectrum at the cold measurements: top-10 eigenvalues and trace
 # One seed per regime; the trace band is ± 2 standard errors of the Hutchinson estimate.
 
 # %%
@@ -111,8 +152,9 @@ fig, axes = plt.subplots(1, len(order) + 1, figsize=(4.2 * (len(order) + 1), 3.8
 for ax, name in zip(axes, order, strict=False):
     sns.lineplot(data=eig[eig.regime == name], x="step", y="λ", hue="index", palette="viridis", ax=ax,
                  legend="full" if ax is axes[0] else False)
-    ax.plot(first[first.regime == name].step, 2 / first[first.regime == name].lr, "k--", lw=1, label="2/η")
-    ax.set(yscale="symlog", title=f"{name}: top-{R.hessian.top_k} Hessian eigenvalues", ylabel="eigenvalue")
+    g = live[(live.regime == name) & (live.seed == R.seeds[0])]
+    ax.plot(g.step, g.edge_2_over_lr, "k--", lw=1, label="2/η")
+    ax.set(yscale="symlog", title=f"{name}: top-{R.hessian.top_k} eigenvalues", ylabel="eigenvalue")
 axes[0].legend(title="i", fontsize=7, ncol=2, loc="lower right")
 ax = axes[-1]
 for name in order:
@@ -142,46 +184,55 @@ g.figure.suptitle("Weight-spectrum metrics over training (one line per seed)", y
 plots.save(g.figure, out_dir, "weight_spectrum")
 
 # %% [markdown]
-# ## Lead–lag of the primary pair
-# r(k) = corr(x_t, y_{t+k}) of the detrended (log) series before divergence; k > 0: the weight metric
-# leads. The dotted band is the 95 % range of |r| for independent white noise of that length
-# (a reference only; the verdicts use the surrogate test, which respects autocorrelation).
+# ## Lead–lag of the primary pair, levels and residuals
+# r(k) = corr(x_t, λ_max,t+k) before divergence; k > 0: the weight metric leads. Top row: the levels
+# (log10, not detrended); bottom row: the Gaussian-detrended residuals. The shaded band marks the
+# predicted lead (k from the smallest to the largest predicted K); the grey horizontal band is the
+# 95 % range of |r| for independent white noise of that length (a reference only: the verdicts use
+# the surrogate test, which respects autocorrelation).
 
 # %%
-x, y = P.lead_lag.primary
+x = LL.primary
 cc = results.cross_correlation
-g = sns.relplot(data=cc, x="lag_steps", y="r", hue="seed", col="regime", kind="line", marker="o", height=3.2,
-                aspect=1.2, col_order=[r for r in order if r in set(cc.regime)], palette="colorblind")
+regimes_cc = [r for r in order if r in set(cc.regime)]
+g = sns.relplot(data=cc, x="lag_steps", y="r", hue="seed", col="regime", row="view", kind="line", height=3.0,
+                aspect=1.3, col_order=regimes_cc, row_order=list(hc.VIEWS), palette="colorblind",
+                facet_kws={"sharey": False})
 n_typ = lead_lag[lead_lag.primary].n.median()
 for ax in g.axes.flat:
     ax.axvline(0, c="grey", lw=0.8)
+    ax.axvspan(*LL.predicted_lead, color="tab:green", alpha=0.12)
     ax.axhspan(-1.96 / n_typ**0.5, 1.96 / n_typ**0.5, color="grey", alpha=0.15)
-g.set_axis_labels("lag k (steps; > 0: weights lead)", f"r({x}, {y})")
-g.figure.suptitle(f"Cross-correlation of {x} and {y} before divergence", y=1.04)
+g.set_titles("{row_name} — {col_name}")
+g.set_axis_labels("lag k (steps; > 0: weights lead)", f"r({x}, λ_max)")
+g.figure.suptitle(f"Cross-correlation of {x} and λ_max before divergence (green: predicted lead)", y=1.03)
 plots.save(g.figure, out_dir, "primary_cross_correlation")
-lead_lag[lead_lag.primary][["regime", "seed", "n", "best_lag", "lead_steps", "best_r", "r_lag0", "p_value", "direction"]].round(3)
+lead_lag[lead_lag.primary][["view", "regime", "seed", "n", "lead_steps", "best_r", "r_lag0", "p_value",
+                            "direction"]].round(3)
 
 # %% [markdown]
-# ## Every weight × Hessian pair
-# Per pair: how many runs are coupled beyond the surrogates (p < α), and the median lead (steps;
-# > 0: weights lead) over those runs. Pairs are many and runs few: read this as a map, with the
-# Bonferroni-corrected count in the findings below.
+# ## Every weight metric × λ_max
+# Per view and weight metric: runs coupled beyond the surrogates (p < α, of those tested) and the
+# median lead (steps; > 0: weights lead) over those runs. Pairs are several and runs few: read this
+# as a map, with the Bonferroni-corrected counts in the findings below.
 
 # %%
-heat = results.pairs.set_index(["weight_metric", "hessian_metric"])
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-sns.heatmap(heat.significant.unstack(), annot=True, fmt=".0f", cmap="Blues", ax=axes[0], cbar=False)
-axes[0].set(title=f"runs with p < {P.lead_lag.alpha} (of {summary.shape[0]})", xlabel="Hessian metric", ylabel="weight metric")
-sns.heatmap(heat.lead.unstack(), annot=True, fmt=".0f", cmap="coolwarm", center=0, ax=axes[1], cbar=False)
-axes[1].set(title="median lead of coupled runs (steps; > 0 weights lead)", xlabel="Hessian metric", ylabel="")
+heat = results.pairs.set_index(["weight_metric", "view"])
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+sns.heatmap(heat.significant.unstack()[list(hc.VIEWS)], annot=True, fmt=".0f", cmap="Blues", ax=axes[0], cbar=False)
+axes[0].set(title=f"runs with p < {LL.alpha} (of {summary.shape[0]})", xlabel="view", ylabel="weight metric (vs λ_max)")
+sns.heatmap(heat.lead.unstack()[list(hc.VIEWS)], annot=True, fmt=".0f", cmap="coolwarm", center=0, ax=axes[1], cbar=False)
+axes[1].set(title="median lead of coupled runs (steps; > 0 weights lead)", xlabel="view", ylabel="")
 fig.tight_layout()
 plots.save(fig, out_dir, "lead_lag_pairs")
 
 # %% [markdown]
 # ## Findings vs the seed
-# Verdicts are computed by `gradience.studies.hessian_coevolution.findings` from the runs above; the
-# seed column comes from the repository's claim registry. `write_report` also writes `metrics.json`
-# and the curves for `dvc plots`.
+# Verdicts are computed by `gradience.studies.hessian_coevolution.findings` from the runs above
+# with `reporting.judged`: "not reproduced" only where every budget the claim needs was met (lag
+# range vs the predicted lead, cadence, points per run, runs that reached the edge, surrogates),
+# otherwise "not comparable" naming the budget. The seed column comes from the repository's claim
+# registry. `write_report` also writes `metrics.json` and the curves for `dvc plots`.
 
 # %%
 table = base.write_report(stage, results, P, out_dir)

@@ -17,6 +17,8 @@ from gradience.telemetry.fisher import (
     per_sample_grads,
     per_sample_losses,
     sample_labels,
+    span_alignment,
+    subspace_share,
 )
 
 DAMPINGS = (1e-3, 1e-2, 1e-1)
@@ -154,3 +156,56 @@ def test_bad_input_is_named(problem, kwargs, match):
     with pytest.raises(ValueError, match=match):
         fisher_metrics(model, batch, **kwargs)
 
+
+
+def explicit_span_alignment(G: torch.Tensor, g: torch.Tensor, lam: float) -> tuple[float, float]:
+    """From the explicit P × P Fisher: its range by eigh, ∇L_F = P_F ∇L, x = (F + λI)⁺ ∇L_F."""
+    F = G.T @ G / G.shape[0]
+    w, Q = torch.linalg.eigh(F)
+    Q = Q[:, w > 1e-10 * w.max()]
+    gF = Q @ (Q.T @ g)
+    x = torch.linalg.pinv(F, hermitian=True) @ gF if lam == 0 else torch.linalg.solve(
+        F + lam * torch.eye(F.shape[0], dtype=F.dtype), gF)
+    return float(gF @ x / (gF.norm() * x.norm())), float(gF @ gF / (g @ g))
+
+
+def test_span_alignment_equals_the_explicit_fisher_inside_its_span(problem):
+    model, batch, G_emp = problem
+    G = fisher_gradients(model, batch, kind="true", seed=3)  # ∇L (true labels) is not in its span
+    g = G_emp.mean(0)
+    got = span_alignment(G, g, (0.0, 1e-3, 1e-1))
+    for lam in (0.0, 1e-3, 1e-1):
+        cos, frac = explicit_span_alignment(G, g, lam)
+        assert got[f"cos@{lam:g}"] == pytest.approx(cos, rel=1e-7)
+    assert got["span_fraction"] == pytest.approx(frac, rel=1e-9)
+    assert 0.5 < got["span_fraction"] < 0.99  # rank 16 of 103 parameters: the projection matters
+    # the empirical Fisher's ∇L is the mean of its rows: entirely inside its span
+    assert span_alignment(G_emp, g)["span_fraction"] == pytest.approx(1.0, rel=1e-9)
+    # full-space NG alignment at a small damping is pulled towards the out-of-span part
+    lam = 1e-3 * float(torch.linalg.eigvalsh(G.T @ G / 16).max())
+    full = natural_gradient_alignment(G, g, (lam,))[lam]
+    assert abs(full - explicit_alignment(G, g, lam)) < 1e-8 and full != pytest.approx(got["cos@0.001"], abs=0.05)
+
+
+def test_span_alignment_is_one_along_an_eigenvector_and_rejects_negative_damping():
+    G = torch.randn(4, 30, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    _, Q = torch.linalg.eigh(G.T @ G / 4)
+    assert span_alignment(G, Q[:, -1] + 1e-3 * Q[:, 0], (0.0,))["cos@0"] == pytest.approx(1.0, abs=1e-9)
+    with pytest.raises(ValueError, match="≥ 0"):
+        span_alignment(G, Q[:, -1], (-1.0,))
+
+
+def test_subspace_share_against_an_explicit_projector():
+    gen = torch.Generator().manual_seed(4)
+    W = {"a": torch.randn(3, 4, generator=gen, dtype=torch.float64)}
+    layout = [("a", torch.Size([3, 4])), ("b", torch.Size([5]))]
+    G = torch.randn(6, 17, generator=gen, dtype=torch.float64)
+    U, _, Vh = torch.linalg.svd(W["a"])
+    basis = torch.stack([torch.outer(U[:, i], Vh[j]).reshape(-1) for i in range(2) for j in range(2)])
+    P = basis.T @ basis  # projector onto span{u_i v_jᵀ}, i, j ≤ 2, in the 12-dim block of "a"
+    Ga = G[:, :12]
+    inside, energy, chance = subspace_share(G, layout, W, rank=2)["a"]
+    assert inside == pytest.approx(float(torch.einsum("si,ij,sj->", Ga, P, Ga)), rel=1e-10)
+    assert energy == pytest.approx(float((Ga**2).sum()), rel=1e-12) and chance == pytest.approx(energy * 4 / 12)
+    with pytest.raises(ValueError, match="must be a matrix"):
+        subspace_share(G, layout, {"b": torch.ones(5)})

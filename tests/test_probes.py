@@ -9,13 +9,9 @@ import torch
 from torch import nn
 
 from gradience.studies import lm_regimes
-from gradience.telemetry import fisher
 from gradience.telemetry.probes import (
-    direction_overlaps,
     fisher_eigensystem,
-    fisher_values,
     hessian_values,
-    subspace_shares,
 )
 from gradience.telemetry.recorder import Recorder
 
@@ -70,39 +66,6 @@ def test_fisher_eigensystem_matches_the_explicit_fisher():
     for i in range(6):
         assert abs(float(V[:, i] @ torch.from_numpy(U[:, -1 - i]))) == pytest.approx(1.0, abs=1e-10)
         np.testing.assert_allclose(F @ V[:, i].numpy(), s[i] * V[:, i].numpy(), atol=1e-10)
-
-
-def test_direction_overlap_is_one_on_the_top_singular_pair_and_chance_is_one_over_mn():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 4, bias=True))
-    W = model[0].weight.detach()
-    U, _, Vh = torch.linalg.svd(W)
-    top = torch.outer(U[:, 0], Vh[0])
-    second = torch.outer(U[:, 1], Vh[1])
-    for block, expected in ((top, 1.0), (second, 0.0)):
-        v = torch.cat([block.reshape(-1), torch.zeros(4)])  # the bias (1-D) is left out
-        out = {(s, m): x for s, m, x in direction_overlaps(model, v)}
-        assert out[("0.weight", "fisher_overlap")] == pytest.approx(expected, abs=1e-12)
-        assert out[("model", "fisher_overlap_chance")] == pytest.approx(1 / 20)
-    assert out[("model", "fisher_overlap_enrichment")] == pytest.approx(0.0, abs=1e-10)
-    # a random direction is at chance on average
-    gen = torch.Generator().manual_seed(1)
-    shares = [dict(((s, m), x) for s, m, x in direction_overlaps(model, torch.randn(24, generator=gen)))
-              [("model", "fisher_overlap_enrichment")] for _ in range(2000)]
-    assert np.mean(shares) == pytest.approx(1.0, abs=0.1)
-
-
-def test_fisher_values_derive_shape_metrics_and_use_relative_damping():
-    model, batch = _classifier()
-    out = {(s, m): x for s, m, x in fisher_values(model, batch, "empirical", k=3, dampings=[0.1], seed=0)}
-    G = fisher.fisher_gradients(model, batch, "empirical")
-    lam = torch.linalg.eigvalsh(fisher.gram(G)).flip(0)
-    assert out[("model", "emp_fisher_top1")] == pytest.approx(float(lam[0]))
-    assert out[("model", "emp_fisher_eff_dim")] == pytest.approx(float(lam.sum() ** 2 / (lam**2).sum()))
-    assert out[("model", "emp_fisher_kappa_k")] == pytest.approx(float(lam[0] / lam[2]))
-    expected = fisher.natural_gradient_alignment(G, fisher.batch_grad(model, batch), [0.1 * float(lam[0])])
-    assert out[("model", "emp_ng_alignment@1e-01")] == pytest.approx(next(iter(expected.values())))
-    assert ("0.weight", "emp_fisher_overlap") in out and ("0.bias", "emp_fisher_overlap") not in out
 
 
 def test_blowup_stop_fires_above_factor_times_the_initial_loss_or_on_nan():
@@ -180,23 +143,6 @@ def test_vectorised_surrogate_p_value_equals_signals_surrogate_pvalue():
     expected = signals.surrogate_pvalue(xr, stat, 99, "phase", seed=5)
     assert lm_regimes.coupling_test(x, y, c, seed=5)["p_value"] == pytest.approx(expected, abs=1e-12)
     assert lm_regimes.max_abs_cross_correlation(xr[None], yr, 3)[0] == pytest.approx(stat(xr))
-
-
-def test_subspace_share_equals_the_projected_trace_of_the_explicit_fisher():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 4))
-    G = torch.randn(7, 24, dtype=torch.float64)
-    W = model[0].weight.detach().double()
-    U, _, Vh = torch.linalg.svd(W)
-    basis = torch.stack([torch.outer(U[:, i], Vh[j]).reshape(-1) for i in range(2) for j in range(2)])  # rank 2
-    P = torch.zeros(24, 24, dtype=torch.float64)
-    P[:20, :20] = basis.T @ basis  # projector onto span{u_i v_jᵀ}, in the weight block only
-    F = G.T @ G / 7
-    out = {(s, m): x for s, m, x in subspace_shares(model, G, rank=2)}
-    expected = float(torch.trace(P @ F) / torch.trace(F[:20, :20]))
-    assert out[("0.weight", "fisher_share")] == pytest.approx(expected, rel=1e-10)
-    assert out[("model", "fisher_share_chance")] == pytest.approx(4 / 20)
-    assert out[("model", "fisher_share_enrichment")] == pytest.approx(expected / (4 / 20), rel=1e-10)
 
 
 def test_sgd_option_of_the_training_loop_is_plain_gradient_descent():

@@ -1,5 +1,6 @@
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -7,7 +8,6 @@ import pytest
 import torch
 
 from gradience.config import ParamsError
-from gradience.models.cnn import DigitsCNN
 from gradience.models.mlp import MLP
 from gradience.profiles import profile_params
 from gradience.reporting import VERDICTS
@@ -74,26 +74,66 @@ def test_between_seed_r2_exact_values():
     assert math.isnan(rs.between_seed_r2([[2, 2], [2, 2]]))
 
 
-def test_setback_jump_and_auc_exact_values():
+def test_setback_plateau_and_window_changes_exact_values():
     steps = np.array([0, 10, 20, 30, 40])
     loss = np.array([2.0, 1.0, 0.5, 1.25, 0.4])
     assert rs.setback(steps, loss, 0) == pytest.approx((1.25 - 0.5) / (2.0 - 0.5))
     assert rs.setback(steps, loss, 35) == 0.0  # the only rise is before the burn-in
     assert rs.setback(steps, np.array([2.0, 1.0, 0.5, 0.2, 0.1]), 0) == 0.0
+    # plateau: the last 20 % of steps (t ≥ 80) move by 0.02 of a total decrease of 1.98 (no smoothing)
+    t = np.arange(0, 101, 10)
+    ell = np.array([2.0, 1.0, 0.5, 0.3, 0.2, 0.1, 0.06, 0.04, 0.04, 0.03, 0.02])
+    pl = rs.Plateau(window_fraction=0.2, max_progress=0.025)
+    assert rs.loss_plateau(t, ell, 10, 1, pl) == pytest.approx(0.02 / 1.98)
+    odd = np.insert(t, 5, 45)  # an off-grid (log-cadence) point is ignored
+    assert rs.loss_plateau(odd, np.insert(ell, 5, 9.0), 10, 1, pl) == pytest.approx(0.02 / 1.98)
+    # rolling median of 3: s = 1.5 (ends shrink the window), 1.0, …, 0.04, 0.03, 0.025
+    assert rs.loss_plateau(t, ell, 10, 3, pl) == pytest.approx(0.015 / 1.475)
+    assert math.isnan(rs.loss_plateau(t, np.full(t.size, 2.0), 10, 1, pl))  # never decreased
     grid = np.array([0, 5, 10, 12, 15, 20])
     values = np.exp([0.0, 0.1, 0.2, 9.0, 0.5, 0.6])  # step 12 is off the even grid (every 5)
-    assert rs.max_log_jump(grid, values, 5, 0) == pytest.approx(0.3)
-    assert rs.max_log_jump(grid, values, 5, 11) == pytest.approx(0.1)
-    assert rs.separation_auc([3, 4], [1, 2]) == 1.0
-    assert rs.separation_auc([1, 2], [3, 4]) == 0.0
-    assert rs.separation_auc([1, 3], [2, 2]) == 0.5
-    assert math.isnan(rs.separation_auc([np.nan], [1.0]))
+    assert rs.window_change(grid, values, 10, 15) == pytest.approx(0.3)
+    assert math.isnan(rs.window_change(grid, values, 10, 25))
+    assert rs.max_window_change(grid, values, 5, 5, 0) == pytest.approx(0.3)  # 10 → 15
+    assert rs.max_window_change(grid, values, 5, 5, 11) == pytest.approx(0.1)  # only 15 → 20 is after step 11
+    assert rs.max_window_change(grid, values, 5, 10, 0) == pytest.approx(0.4)  # 5 → 15 and 10 → 20
+
+
+def test_change_probe_matches_numpy_on_weight_change_and_gradient():
+    torch.manual_seed(0)
+    model = MLP(6, [5], 3)
+    probe = rs.ChangeProbe(model)
+    w0 = model.hidden[0].weight.detach().double().numpy().copy()
+    with torch.no_grad():
+        model.hidden[0].weight.add_(0.1 * torch.randn(5, 6))
+    model(torch.randn(4, 6)).square().sum().backward()
+    probe(SimpleNamespace(step=0, model=model))  # step 0: only the gradient
+    probe(SimpleNamespace(step=3, model=model))
+    f = probe.frame("r").set_index(["step", "scope", "matrix", "metric"])["value"]
+    assert ("r" == probe.frame("r")["run"]).all()
+    assert (0, "hidden.0.weight", "change", "effective_rank") not in f.index
+
+    def eff_rank(m):
+        s = np.linalg.svd(m, compute_uv=False)
+        q = s / s.sum()
+        return np.exp(-(q * np.log(q)).sum())
+
+    delta = model.hidden[0].weight.detach().double().numpy() - w0
+    grad = model.hidden[0].weight.grad.double().numpy()
+    assert f[(3, "hidden.0.weight", "change", "effective_rank")] == pytest.approx(eff_rank(delta), rel=1e-6)
+    assert f[(3, "hidden.0.weight", "change", "frobenius_norm")] == pytest.approx(np.linalg.norm(delta), rel=1e-6)
+    assert f[(3, "hidden.0.weight", "gradient", "effective_rank")] == pytest.approx(eff_rank(grad), rel=1e-6)
+    assert f[(3, "hidden.0.weight", "gradient", "stable_rank")] == pytest.approx(
+        (grad**2).sum() / np.linalg.norm(grad, 2) ** 2, rel=1e-6)
+    assert (3, "readout.weight", "change", "effective_rank") not in f.index  # unchanged: W − W₀ = 0
+    # a batch of 4 examples: the hidden gradient has rank ≤ 4 < 5, the effective rank below 4
+    assert f[(0, "hidden.0.weight", "gradient", "effective_rank")] < 4
 
 
 def test_spike_window_is_on_the_cadence_grid_and_drives_the_learning_rate(data_dir):
-    assert rs.spike_window(1000, 20, rs.Spike(start_fraction=0.5, duration_fraction=0.04)) == (500, 540)
+    assert rs.spike_window(1000, 20, rs.Spike(start_fraction=0.5, duration_fraction=0.04, sizes=[3])) == (500, 540)
     with pytest.raises(ValueError, match="does not end before"):
-        rs.spike_window(100, 20, rs.Spike(start_fraction=0.8, duration_fraction=0.15))
+        rs.spike_window(100, 20, rs.Spike(start_fraction=0.8, duration_fraction=0.15, sizes=[3]))
     from gradience.tasks.digits import digits_split
 
     split = digits_split(data_dir, 0.7, 0, flatten=True)
@@ -105,147 +145,161 @@ def test_spike_window_is_on_the_cadence_grid_and_drives_the_learning_rate(data_d
     assert lr[8] == pytest.approx(1e-3)
 
 
-def test_models_and_normalisation_switches():
-    x = torch.rand(5, 1, 8, 8)
-    cnn, bare = DigitsCNN((4, 8), 16), DigitsCNN((4, 8), 16, norm="none")
-    assert cnn(x).shape == (5, 10) and bare(x).shape == (5, 10)
-    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in cnn.modules()) == 2
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in bare.modules())
-    mlp = MLP(64, [16, 8], 10, norm=False)
-    assert [n for n, p in mlp.named_parameters() if p.ndim == 2] == ["hidden.0.weight", "hidden.1.weight",
-                                                                     "readout.weight"]
-    from transformers.models.llama.modeling_llama import LlamaRMSNorm
-
-    from gradience.models.transformer import CausalLM, tiny_llama
-
-    lm = rs.strip_rmsnorm(tiny_llama(11, 8, 2, 2, 16, 6))
-    assert not any(isinstance(m, LlamaRMSNorm) for m in lm.modules())
-    assert CausalLM(lm)(torch.randint(0, 11, (2, 6))).shape == (2, 6, 11)
+def test_short_names():
     assert rs.short_name("lm.model.layers.0.self_attn.q_proj.weight") == "layers.0.q_proj"
+    assert rs.short_name("lm.lm_head.weight") == "lm_head" and rs.arm_name(30.0) == "x30"
 
 
 def test_params_reject_impossible_settings():
-    arms = [{"name": "a", "role": "healthy"}, {"name": "b", "role": "healthy"}]
-    with pytest.raises(ParamsError, match="exactly one arm must have role 'healthy'"):
-        _smoke(runs={"arms": arms})
+    with pytest.raises(ParamsError, match="every spike size must be > 1"):
+        _smoke(runs={"spike": {"start_fraction": 0.5, "duration_fraction": 0.04, "sizes": [1, 10]}})
+    with pytest.raises(ParamsError, match="spike sizes must be unique"):
+        _smoke(runs={"spike": {"start_fraction": 0.5, "duration_fraction": 0.04, "sizes": [10, 10.0]}})
     with pytest.raises(ParamsError, match="start_fraction \\+ duration_fraction must be < 1"):
-        _smoke(runs={"spike": {"start_fraction": 0.9, "duration_fraction": 0.2}})
+        _smoke(runs={"spike": {"start_fraction": 0.9, "duration_fraction": 0.2, "sizes": [3]}})
     with pytest.raises(ParamsError, match="rank_survey.runs.families.0 = 'rnn'"):
         _smoke(runs={"families": ["rnn"]})
     transformer = profile_params("smoke")["rank_survey"]["runs"]["transformer"]
     with pytest.raises(ParamsError, match="d_model=10 must be divisible by n_heads=4"):
         _smoke(runs={"transformer": transformer | {"d_model": 10, "n_heads": 4}})
-    with pytest.raises(ParamsError, match="rank_survey.report.auc_min"):  # an analysis key, under report
-        _smoke(report={"auc_min": 0.4})
+    with pytest.raises(ParamsError, match="rank_survey.report.plateau.max_progress"):  # an analysis key, under report
+        _smoke(report={"plateau": {"max_progress": 1.5}})
     with pytest.raises(ParamsError, match="rank_survey.runs.setback_min = 0.2: unknown key"):
         _smoke(runs={"setback_min": 0.2})
+    assert _smoke(runs={"spike": {"start_fraction": 0.5, "duration_fraction": 0.04, "sizes": [30, 3]}}).runs.sizes == [
+        1.0, 3.0, 30.0]
 
 
 def test_jobs_cover_the_grid_with_unique_readable_ids_slow_families_first():
     p = _smoke(runs={"seeds": [0, 1, 2]}).runs
     jobs = rs.jobs(p, "data")
-    assert len(jobs) == len(p.families) * len(p.arms) * 3
-    assert len({j.run_id for j in jobs}) == len(jobs)
-    assert {j.run_id for j in jobs} == {f"{f}/{a.name}/s{s}" for f in p.families for a in p.arms for s in (0, 1, 2)}
-    assert all(j.spec == (j.condition.split("/")[0], next(a for a in p.arms if a.name == j.condition.split("/")[1]))
-               for j in jobs)
+    assert len(jobs) == len(p.families) * len(p.sizes) * 3
+    assert {j.run_id for j in jobs} == {f"{f}/x{z:g}/s{s}" for f in p.families for z in p.sizes for s in (0, 1, 2)}
+    assert all(j.spec == (j.condition.split("/")[0], float(j.condition.split("/x")[1])) for j in jobs)
     families = [j.spec[0] for j in jobs]
     assert families == sorted(families, key=lambda f: -rs.RUN_COST[f])  # transformer, then cnn, then mlp
-    assert families[0] == "transformer" and families[-1] == "mlp"
 
 
-def _analysis(p, h4, monotone, excess, destabilised, jumps=(0.5, 0.1)):
-    """A synthetic :class:`Analysis` with one family, two seeds, four layers."""
-    shapes = pd.DataFrame([{"run": f"mlp/healthy/s{s}", "family": "mlp", "arm": "healthy", "role": "healthy",
-                            "seed": s, "scope": f"l{i}", "hypothesis4": h4, "monotone": monotone,
-                            "label": rs.ECP if h4 else "flat"} for s in (0, 1) for i in range(4)])
-    runs = pd.DataFrame([{"run": f"mlp/{arm}/s{s}", "family": "mlp", "arm": arm, "seed": s, "outcome": "completed",
-                          "destabilised": destabilised and arm == "lr_spike",
-                          "rank_jump": jumps[0] if arm == "lr_spike" else jumps[1]}
-                         for arm in ("healthy", "lr_spike") for s in (0, 1)])
-    agreement = pd.DataFrame({"family": "mlp", "scope": ["l0", "l1", "l2"], "r2": [0.95, 0.9, 0.2],
-                              "flat": [False, False, True], "n_seeds": 2})
-    signature = pd.DataFrame({"family": "mlp", "arm": "lr_spike", "metric": "effective_rank",
-                              "excess_after": [excess] * 8})
-    return rs.Analysis(p.runs, pd.DataFrame(), runs, shapes, agreement, signature)
+def _analysis(p, *, h4=True, plateau=True, moved=0.5, setbacks=(0.0, 0.5), response=0.2, jump=0.5, seeds=3):
+    """A synthetic :class:`Analysis`: family mlp, ``seeds`` seeds, sizes ×1 and ×10, two layers."""
+    sizes = (1.0, 10.0)
+    runs = pd.DataFrame([{"run": f"mlp/x{z:g}/s{s}", "family": "mlp", "arm": f"x{z:g}", "lr_spike": z,
+                          "role": "healthy" if z == 1 else "spike", "seed": s, "outcome": "completed",
+                          "plateau_reached": plateau, "setback": sb, "destabilised": sb >= 0.1,
+                          "rank_jump": jump if z > 1 else 0.01, "rank_jump_null": 0.05}
+                         for z, sb in zip(sizes, setbacks, strict=True) for s in range(seeds)])
+    healthy = runs[runs["role"] == "healthy"]
+    layers = pd.DataFrame([{"run": r, "scope": f"l{i}", "r_max": 10.0, "r0": 8.0, "room": True, "moved": moved}
+                           for r in healthy["run"] for i in range(2)])
+    shapes = pd.DataFrame([{"run": r.run, "family": "mlp", "arm": "x1", "lr_spike": 1.0, "role": "healthy",
+                            "seed": r.seed, "scope": f"l{i}", "matrix": m, "hypothesis4": h4 and m == "change",
+                            "monotone": m == "weight", "label": rs.ECP if h4 and m == "change" else rs.MONOTONE}
+                           for r in healthy.itertuples() for i in range(2) for m in rs.MATRICES])
+    agreement = pd.DataFrame([{"family": "mlp", "scope": f"l{i}", "matrix": m, "r2": r2, "flat": False,
+                               "n_seeds": seeds} for i, r2 in enumerate((0.95, 0.3)) for m in rs.MATRICES])
+    spiked = runs[runs["role"] == "spike"]
+    resp = pd.DataFrame([{"run": r.run, "family": "mlp", "arm": r.arm, "lr_spike": r.lr_spike, "seed": r.seed,
+                          "destabilised": r.destabilised, "scope": f"l{i}", "matrix": m, "response_after": response}
+                         for r in spiked.itertuples() for i in range(2) for m in rs.MATRICES])
+    return rs.Analysis(p.runs, pd.DataFrame(), runs, pd.DataFrame(), layers, shapes, agreement, resp,
+                       rs.dose_response(runs, resp))
 
 
-def test_findings_verdicts_follow_the_measurements():
-    p = _smoke(runs={"families": ["mlp"], "arms": [{"name": "healthy", "role": "healthy"},
-                                                   {"name": "lr_spike", "role": "unstable", "lr_spike": 10.0}]})
+def test_findings_verdicts_follow_the_measurements_and_the_budgets():
+    p = _smoke(runs={"families": ["mlp"], "seeds": [0, 1, 2]})
 
-    def verdicts(a):
-        return [r["verdict"] for r in rs.findings(a, p.report)]
+    def verdicts(a, report=p.report):
+        return [r["verdict"] for r in rs.findings(a, report)]
 
-    rows = rs.findings(_analysis(p, True, False, 0.2, True), p.report)
-    assert [r["id"] for r in rows] == ["rank_survey.expansion_compression_plateau", "rank_survey.monotone_decrease",
-                                       "rank_survey.structured_dynamics", "rank_survey.instability_rank_inflation",
-                                       "rank_survey.instability_sudden_change"]
-    assert [r["verdict"] for r in rows] == ["reproduced", "not reproduced", "reproduced", "reproduced", "reproduced"]
-    assert rows[3]["measured"].startswith("lr_spike (lr × 10 for 4% of the run): ")
-    assert "after the spike vs healthy: 20.0 ± 0.0 (n=8) %; inflated (≥ +5%) 100%" in rows[3]["measured"]
-    assert "AUC of the largest effective-rank jump, unstable vs healthy: mlp 1.00" in rows[4]["measured"]
-    assert rows[2]["seed"] == "falsified if rank dynamics are noisy/random (falsifier 4)"  # from the registry
-    rows = rs.findings(_analysis(p, False, True, -0.3, True, jumps=(0.1, 0.5)), p.report)
-    assert [r["verdict"] for r in rows] == ["not reproduced", "reproduced", "reproduced", "not reproduced",
-                                            "not reproduced"]
-    assert "rank collapse" in rows[3]["why"] and "2/2 moving layers" in rows[2]["measured"]
-    assert "mlp 0.00" in rows[4]["measured"]
-    assert verdicts(_analysis(p, True, False, 0.2, False))[3:] == ["inconclusive", "inconclusive"]
-    # a report threshold changes the verdict without retraining: neither moving layer (R² 0.95, 0.9) reaches 0.96
-    strict = p.report.model_copy(update={"r2_min": 0.96})
-    row = rs.findings(_analysis(p, True, False, 0.2, True), strict)[2]
-    assert row["verdict"] == "not reproduced" and "0/2 moving layers ≥ 0.96" in row["measured"]
+    rows = rs.findings(_analysis(p), p.report)
+    assert [r["id"] for r in rows] == 3 * ["rank_survey.expansion_compression_plateau"] + 3 * [
+        "rank_survey.monotone_decrease"] + 3 * ["rank_survey.structured_dynamics"] + [
+        "rank_survey.instability_rank_inflation", "rank_survey.instability_sudden_change"]
+    # ECP holds only for W − W₀, monotone only for W; R² 0.95 / 0.3: 1 of 2 moving layers (≥ 50 %)
+    assert [r["verdict"] for r in rows] == ["not reproduced", "reproduced", "not reproduced", "reproduced",
+                                            "not reproduced", "not reproduced"] + 3 * ["reproduced"] + 2 * ["reproduced"]
+    assert rows[1]["measured"].startswith("W − W₀: 6/6 trajectories (mlp 6/6)")
+    assert "healthy runs at the loss plateau (≤ 2.5% of the loss decrease in the last 20% of steps) 3 (needs ≥ 3)" in \
+        rows[0]["why"]
+    assert rows[9]["measured"].startswith("mlp: ×1: setback 0.000 ± 0.000 (n=3), destabilised 0/3; ×10: setback "
+                                          "0.500 ± 0.000 (n=3), destabilised 3/3, r_eff vs ×1 after the spike: "
+                                          "W +20.0 ± +0.0 (n=3) %")
+    assert "beyond it in 3/3 destabilised and 0/0 non-destabilised spike runs" in rows[10]["measured"]
+    assert rows[6]["seed"] == "falsified if rank dynamics are noisy/random (falsifier 4)"  # from the registry
+    # no plateau: an absent shape is not comparable (a present one would still count)
+    no_plateau = verdicts(_analysis(p, plateau=False))
+    assert no_plateau[:6] == ["not comparable", "reproduced", "not comparable", "reproduced", "not comparable",
+                              "not comparable"]
+    # W that did not move: the W rows are not comparable
+    still = rs.findings(_analysis(p, moved=0.01), p.report)
+    assert still[0]["verdict"] == "not comparable" and "mlp healthy W that moved ‖W_T − W₀‖/‖W₀‖ ≥ 0.1 0 (needs ≥ 3)" in \
+        still[0]["why"]
+    # a spike that never destabilised: not comparable, whatever the rank does
+    calm = verdicts(_analysis(p, setbacks=(0.0, 0.05)))
+    assert calm[9:] == ["not comparable", "not comparable"]
+    # destabilised, but the rank collapses and does not jump beyond the healthy null
+    rows = rs.findings(_analysis(p, response=-0.3, jump=0.01), p.report)
+    assert [r["verdict"] for r in rows[9:]] == ["not reproduced", "not reproduced"]
+    assert "collapsed (≤ −5%) in 100%" in rows[9]["why"]
+    # two seeds: the spread over seeds is short of budget
+    assert verdicts(_analysis(p, response=-0.3, seeds=2))[9] == "not comparable"
+    # a report threshold changes the verdict without retraining
+    assert verdicts(_analysis(p), p.report.model_copy(update={"r2_min": 0.96}))[6] == "not reproduced"
 
 
 def test_smoke_stage_end_to_end(data_dir, tmp_path):
     p = _smoke()
     tables = base.train("rank_survey", p, tmp_path, data_dir)
-    assert sorted(f.name for f in tables.iterdir()) == ["params.json", "runs.parquet", "telemetry.parquet"]
+    assert sorted(f.name for f in tables.iterdir()) == ["changes.parquet", "params.json", "runs.parquet",
+                                                        "telemetry.parquet"]
     t = base.load_tables("rank_survey", tmp_path / "tables")
     assert t.params == p.runs
-    n_runs = len(p.runs.families) * len(p.runs.arms) * len(p.runs.seeds)
+    n_runs = len(p.runs.families) * len(p.runs.sizes) * len(p.runs.seeds)
     assert len(t.runs) == n_runs and set(t.runs["outcome"]) == {"completed"}
-    assert {"profile", "device", "git_rev", "versions", "wall_seconds", "family", "arm", "event_start"} <= set(t.runs)
+    assert {"profile", "device", "git_rev", "versions", "cpu_seconds", "family", "lr_spike", "event_start"} <= set(t.runs)
+    assert set(t.changes["matrix"]) == {"change", "gradient"} and set(t.changes["metric"]) == set(rs.CHANGE_METRICS)
     a = rs.analyse(t, p.report)
-    assert {"setback", "destabilised", "rank_jump"} <= set(a.runs)
+    assert {"setback", "destabilised", "plateau_progress", "plateau_reached", "rank_jump"} <= set(a.runs)
     assert t.runs["run"].iloc[0].startswith("transformer/")  # trained slow runs first, analysed in grid order:
-    assert a.runs["run"].tolist() == [f"{f}/{arm.name}/s{s}" for f in p.runs.families for arm in p.runs.arms
+    assert a.runs["run"].tolist() == [f"{f}/x{z:g}/s{s}" for f in p.runs.families for z in p.runs.sizes
                                       for s in p.runs.seeds]
-    assert set(a.shapes["label"]) <= set(rs.SHAPES)
+    assert set(a.shapes["label"]) <= set(rs.SHAPES) and set(a.shapes["matrix"]) == set(rs.MATRICES)
     n_layers = t.telemetry[t.telemetry.scope != "model"].groupby("run")["scope"].nunique().sum()
-    assert len(a.shapes) == n_layers  # one shape per (run, layer) trajectory
-    # a spike arm is the healthy run until the spike starts (same seed, data and initialisation)
-    sig = a.signature[a.signature["arm"] == "lr_spike"]
-    assert len(sig)
-    tel = t.telemetry.set_index(["run", "scope", "metric", "step"])["value"]
-    for row in sig.head(5).itertuples():
-        start = t.runs.set_index("run").loc[row.run, "event_start"]
-        assert start == rs.family_spike_window(p.runs, row.family)[0]
-        healthy = row.run.replace("lr_spike", "healthy")
-        assert row.before == tel[(healthy, row.scope, row.metric, start)]
-    # the recorded effective rank at step 0 is exp(H(σ/Σσ)) of the freshly initialised, matricised kernel
-    _, cnn = rs.build_split_and_model("cnn", p.runs.cnn, True, p.runs.seeds[0], data_dir)
-    sigma = np.linalg.svd(cnn.convs[1].weight.detach().double().reshape(p.runs.cnn.channels[1], -1).numpy(),
-                          compute_uv=False)
-    q = sigma / sigma.sum()
-    recorded = tel[(f"cnn/healthy/s{p.runs.seeds[0]}", "convs.1.weight", "effective_rank", 0)]
-    assert recorded == pytest.approx(np.exp(-(q * np.log(q)).sum()), rel=1e-10)
+    assert len(a.shapes) == 3 * n_layers  # one shape per (run, layer, matrix) trajectory
+    # a spike run is the healthy run until the spike starts (same seed, data and initialisation)
+    resp = a.response
+    assert len(resp) == 3 * t.telemetry[t.telemetry.scope != "model"].query("run.str.contains('/x10/')")[
+        ["run", "scope"]].drop_duplicates().shape[0]
+    ranks = a.ranks.set_index(["run", "scope", "matrix", "step"])["value"]
+    for row in resp.head(6).itertuples():
+        start = rs.family_spike_window(p.runs, row.family)[0]
+        assert row.before == ranks[(row.run.replace("/x10/", "/x1/"), row.scope, row.matrix, start)]
+    # W − W₀ at the end, recomputed: the change's Frobenius norm over ‖W₀‖ is the layer's `moved`
+    split, mlp = rs.build_split_and_model("mlp", p.runs.mlp, p.runs.seeds[0], data_dir)
+    w0 = mlp.readout.weight.detach().double().numpy().copy()
+    cfg = TrainConfig(steps=p.runs.mlp.steps, lr=p.runs.mlp.lr, weight_decay=p.runs.mlp.weight_decay,
+                      batch_size=p.runs.mlp.batch_size, betas=p.runs.mlp.betas, seed=p.runs.seeds[0])
+    train(mlp, split, cfg)
+    moved = a.layers.set_index(["run", "scope"]).loc[(f"mlp/x1/s{p.runs.seeds[0]}", "readout.weight"), "moved"]
+    assert moved == pytest.approx(np.linalg.norm(mlp.readout.weight.detach().double().numpy() - w0) /
+                                  np.linalg.norm(w0), rel=1e-4)
     rows = rs.findings(a, p.report)
-    assert len(rows) == 3 + 2 * sum(arm.role == "unstable" for arm in p.runs.arms)
+    assert len(rows) == 9 + 2 * len(p.runs.families)
     assert {r["verdict"] for r in rows} <= set(VERDICTS)
+    assert all(("needs ≥" in r["why"]) for r in rows)  # every verdict names its budget
     metrics = rs.metrics(a, p.report)
     assert set(metrics["runs"]) == set(p.runs.families)
-    assert metrics["runs"]["mlp"]["healthy"]["destabilised_runs"] == int(
-        a.runs.query("family == 'mlp' and arm == 'healthy'")["destabilised"].sum())
+    assert metrics["runs"]["mlp"]["x1"]["destabilised_runs"] == int(
+        a.runs.query("family == 'mlp' and arm == 'x1'")["destabilised"].sum())
     curves = rs.curves(a, p.report)
     assert list(curves.columns) == ["curve", "step", "value"]
-    assert set(curves["curve"]) == {f"{m}_{f}_{arm.name}" for m in ("effective_rank", "train_loss")
-                                    for f in p.runs.families for arm in p.runs.arms}
+    assert set(curves["curve"]) == {f"{m}_{f}_x{z:g}" for m in ("train_loss", "effective_rank_weight",
+                                                               "effective_rank_change", "effective_rank_gradient")
+                                    for f in p.runs.families for z in p.runs.sizes}
     table = base.write_report("rank_survey", a, p.report, tmp_path)
     assert len(table) == len(rows)
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert sum(written["findings"].values()) == len(rows)
-    mlp = pd.read_csv(tmp_path / "plots" / "effective_rank_mlp_healthy.csv")
-    layers = rs.layer_frame(t.telemetry, t.runs).query("family == 'mlp' and arm == 'healthy'")
-    np.testing.assert_allclose(mlp["value"], layers.groupby("step")["value"].mean().to_numpy(), rtol=1e-5)
+    mlp_curve = pd.read_csv(tmp_path / "plots" / "effective_rank_change_mlp_x1.csv")
+    ch = a.ranks.query("family == 'mlp' and arm == 'x1' and matrix == 'change'")
+    np.testing.assert_allclose(mlp_curve["value"], ch.groupby("step")["value"].mean().to_numpy(), rtol=1e-5)

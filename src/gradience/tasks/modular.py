@@ -48,10 +48,15 @@ def load_table(data_dir: Path, p: int) -> np.ndarray:
 
 
 def modular_split(
-    data_dir: Path, p: int, op: str, train_fraction: float, seed: int, equals_token: bool = False
+    data_dir: Path, p: int, op: str, train_fraction: float, seed: int, equals_token: bool = False,
+    shuffle_labels: bool = False,
 ) -> Split:
     """Inputs ``(a, b)`` as token pairs (``(a, b, =)`` with ``=`` = token ``p`` when
-    ``equals_token``, for sequence models), target ``a ∘ b``; a seeded random train/test split."""
+    ``equals_token``, for sequence models), target ``a ∘ b``; a seeded random train/test split.
+
+    ``shuffle_labels``: the targets are permuted over the whole table (seeded by ``seed``) before the
+    split, so every pair gets a random answer: a control that can memorise but never generalise.
+    """
     if op not in OPERATIONS:
         raise ValueError(f"unknown operation {op!r}; allowed: {OPERATIONS}")
     table = load_table(data_dir, p)
@@ -61,5 +66,7 @@ def modular_split(
     if equals_token:
         x = torch.cat([x, torch.full((x.shape[0], 1), p)], dim=1)
     y = torch.as_tensor(table[:, 2 + OPERATIONS.index(op)])
+    if shuffle_labels:
+        y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(10_000 + seed))]
     tr, te = random_split_indices(len(table), train_fraction, seed)
     return Split(x[tr], y[tr], x[te], y[te])

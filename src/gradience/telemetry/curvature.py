@@ -265,3 +265,54 @@ def hessian_metrics(
     return ({f"hessian_top{i + 1}": float(v) for i, v in enumerate(top)}
             | {"hessian_trace": trace.mean, "hessian_trace_stderr": trace.stderr}
             | sharpness_vs_edge(float(top[0]), lr))
+
+
+@dataclass(frozen=True)
+class Eigenpair:
+    """The top eigenpair found by :func:`lanczos_top_eigenpair`: λ, its unit vector, the residual
+    ‖Hv − λv‖ and the HVPs spent."""
+
+    value: float
+    vector: Tensor
+    residual: float
+    n_hvp: int
+
+
+def lanczos_top_eigenpair(
+    hvp: HVP, v0: Tensor, tol: float = 1e-3, min_iter: int = 2, max_iter: int = 40
+) -> Eigenpair:
+    """Largest algebraic eigenpair by Lanczos from the start vector ``v0``, one HVP per iteration,
+    stopped as soon as the top Ritz pair's residual ‖Hy − θy‖ ≤ ``tol``·|θ|.
+
+    Written here (ARPACK fills a whole Krylov basis of ``ncv`` ≥ 2 vectors before it checks
+    convergence) to *track* λ_max along training: warm-started from the previous step's top
+    eigenvector, the first one or two HVPs usually meet the tolerance. Full reorthogonalisation
+    (twice), so the residual estimate β_j·|s_j| (the last component of the Ritz vector) is the
+    true residual up to rounding. By Bauer–Fike, θ lies within the residual of an eigenvalue of H;
+    a warm start can follow the old branch when two eigenvalues cross, so callers check it against
+    a cold :func:`lanczos_top_eigenvalues` now and then. ``min_iter`` ≥ 2 always lets the Krylov
+    space leave ``v0``'s line.
+    """
+    if not 1 <= min_iter <= max_iter:
+        raise ValueError(f"need 1 ≤ min_iter={min_iter} ≤ max_iter={max_iter}")
+    q = v0 / v0.norm()
+    basis, alphas, betas = [q], [], []
+    value, s, n = math.nan, None, 0
+    for j in range(min(max_iter, v0.numel())):
+        w = hvp(basis[j])
+        n += 1
+        alphas.append(float(w @ basis[j]))
+        Q = torch.stack(basis, 1)
+        for _ in range(2):
+            w = w - Q @ (Q.T @ w)
+        beta = float(w.norm())
+        T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+        theta, S = np.linalg.eigh(T)
+        value, s = float(theta[-1]), S[:, -1]
+        residual = beta * abs(s[-1])
+        if (j + 1 >= min_iter and residual <= tol * abs(value)) or beta <= 1e-12 * max(abs(value), 1e-30):
+            break
+        betas.append(beta)
+        basis.append(w / beta)
+    y = torch.stack(basis[: s.size], 1) @ torch.as_tensor(s, dtype=v0.dtype, device=v0.device)
+    return Eigenpair(value, y / y.norm(), float(residual), n)

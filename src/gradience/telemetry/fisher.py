@@ -6,7 +6,15 @@ gradients (row i = ∇ℓ_i) and F = GᵀG / n:
 
 - K = GGᵀ / n (float64) has the same non-zero eigenvalues as F; tr F = tr K, tr F² = ‖K‖_F².
 - (F + λI)⁻¹∇L is applied with the Woodbury identity from the eigendecomposition of K
-  (:func:`natural_gradient_alignment`).
+  (:func:`natural_gradient_alignment`, in all of parameter space).
+- F has rank ≤ n ≪ P, so outside its span (the row space of G) F⁻¹ is only the damping 1/λ and
+  the full-space alignment mostly measures how much of ∇L lies outside the span.
+  :func:`span_alignment` works *inside* the span: it projects ∇L onto it (∇L_F = P_F ∇L) and gives
+  cos(∇L_F, F⁺∇L_F) (pseudo-inverse; optionally damped, (F + λI)⁻¹ restricted to the span) and
+  the fraction ‖∇L_F‖² / ‖∇L‖² of the gradient that lies there.
+- :func:`subspace_share`: the share of tr F (or of any set of directions) inside the span of
+  given weight matrices' top singular pairs, e.g. those of the current weights or of the initial
+  weights W₀ (the null for Fisher–weight alignment).
 
 Two Fishers (the ``kind`` argument):
 
@@ -144,6 +152,65 @@ def natural_gradient_alignment(
         inner = float((w2 / (s + lam)).sum()) + r2 / lam
         x_norm = math.sqrt(float((w2 / (s + lam) ** 2).sum()) + r2 / lam**2)
         out[lam] = inner / (g_norm * x_norm)
+    return out
+
+
+def span_cutoff(G: Tensor) -> float:
+    """Relative eigenvalue cutoff of K = GGᵀ/n for the numerical row space of G: singular values
+    of G below ``max(n, P)·eps(G.dtype)·σ_max`` count as zero (the default of ``pinv``), i.e.
+    eigenvalues of K below that ratio squared times its largest one."""
+    return (max(G.shape) * torch.finfo(G.dtype).eps) ** 2
+
+
+def span_alignment(G: Tensor, grad: Tensor, dampings: Sequence[float] = (0.0,)) -> dict[str, float]:
+    """Natural-gradient alignment inside the span of F = GᵀG/n, without a P × P matrix.
+
+    With K = GGᵀ/n = U diag(s) Uᵀ (s above :func:`span_cutoff`), F = V diag(s) Vᵀ with the
+    orthonormal V = GᵀU (n s)^{-1/2}; ∇L_F = V w, w = Vᵀ∇L, is the projection of ∇L onto the span.
+    Returns ``span_fraction`` = ‖w‖² / ‖∇L‖² and, for each damping λ ≥ 0 (absolute; 0 is the
+    pseudo-inverse F⁺), ``cos@{λ}`` = cos(∇L_F, V diag(1/(s+λ)) w) = Σ w²/(s+λ) /
+    (‖w‖ · (Σ w²/(s+λ)²)^{1/2}) — every term positive, so no cancellation.
+    """
+    if not dampings or any(not lam >= 0 for lam in dampings):
+        raise ValueError(f"dampings={tuple(dampings)} must be a non-empty sequence of values ≥ 0")
+    n = G.shape[0]
+    K = gram(G)
+    s, U = torch.linalg.eigh(K)
+    keep = s > s.max().clamp(min=0) * span_cutoff(G)
+    s, U = s[keep], U[:, keep]
+    g = grad.to(G.device).double()
+    w = (U.T @ (G.double() @ g)) / torch.sqrt(n * s)
+    w2, g2 = w**2, float(g @ g)
+    out = {"span_fraction": float(w2.sum()) / g2 if g2 > 0 else math.nan}
+    for lam in dampings:
+        d = s + lam
+        out[f"cos@{lam:g}"] = float((w2 / d).sum()) / math.sqrt(float(w2.sum()) * float((w2 / d**2).sum()))
+    return out
+
+
+def subspace_share(G: Tensor, layout: Sequence[tuple[str, torch.Size]], weights: dict[str, Tensor],
+                   rank: int = 1) -> dict[str, tuple[float, float, float]]:
+    """For each 2-D matrix W of ``weights``: how much of the rows of G, restricted to W's block,
+    lies in span{u_i v_jᵀ : i, j ≤ r} of W's top-r singular pairs.
+
+    ``layout``: (name, shape) of every trainable parameter in the order of G's columns (as
+    :func:`per_sample_grads` concatenates them); ``weights``: the matrices whose singular vectors
+    define the subspaces (the current weights, or W₀). Returns name → (inside, energy, chance):
+    inside = Σ_s ‖U_rᵀ G_s,W V_r‖_F², energy = Σ_s ‖G_s,W‖_F², chance = r²/(mn) · energy (the
+    expectation for a random direction). With G the per-sample gradients, inside/n = tr(P_W F);
+    with G = vᵀ, the share of the direction v's energy.
+    """
+    sizes = [math.prod(shape) for _, shape in layout]
+    blocks = dict(zip([name for name, _ in layout], G.double().split(sizes, dim=1), strict=True))
+    out = {}
+    for name, W in weights.items():
+        if W.ndim != 2:
+            raise ValueError(f"weights[{name!r}] must be a matrix, got shape {tuple(W.shape)}")
+        B = blocks[name].reshape(-1, *W.shape)
+        U, _, Vh = torch.linalg.svd(W.detach().double(), full_matrices=False)
+        r = min(rank, *W.shape)
+        e = float((B * B).sum())
+        out[name] = (float(((U[:, :r].T @ B @ Vh[:r].T) ** 2).sum()), e, r * r / W.numel() * e)
     return out
 
 

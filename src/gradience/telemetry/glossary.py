@@ -43,6 +43,12 @@ GLOSSARY: dict[str, str] = {
     "sharpness_over_edge": "λ_max·η/2: ≥ 1 means at or past the edge of stability (GD)",
     "hessian_n_hvp": "Hessian-vector products spent on the measurement (Lanczos + Hutchinson)",
     "hessian_failed": "1 when Lanczos could not run (non-finite HVPs of a blown-up model); values are nan",
+    "lambda_max": "λ_max tracked every cadence step: Lanczos warm-started from the previous step's top eigenvector, stopped at ‖Hv − λv‖ ≤ track_tol·λ",
+    "lambda_max_residual": "‖Hv − λv‖ of the tracked top eigenpair (bounds its eigenvalue error, Bauer–Fike)",
+    "lambda_max_n_hvp": "Hessian-vector products the tracked λ_max cost at that step",
+    "lambda_max_failed": "1 when the tracked λ_max could not be computed (non-finite HVPs); value nan",
+    "lambda_max_restart": "1 where the cold Lanczos λ₁ exceeded the tracked λ_max beyond its residual and tracking restarted cold",
+    "lambda_max_cold_gap": "(cold Lanczos λ₁ − tracked λ_max) / cold λ₁ at the cold measurement steps",
     # Fisher probe, per kind: prefix emp_ (observed labels) or true_ (labels sampled from the model)
     "{emp,true}_fisher_top{i}": "i-th eigenvalue of F = GᵀG/n, G the per-sample gradients (n × n Gram trick)",
     "{emp,true}_fisher_trace": "tr F",
@@ -59,8 +65,50 @@ GLOSSARY: dict[str, str] = {
                                "tr(P_W F)/tr(F_W); at scope `model`, summed over matrices",
     "{emp,true}_fisher_share_chance": "expected fisher_share of an isotropic F, Σ (r²/mn) tr F_W / Σ tr F_W",
     "{emp,true}_fisher_share_enrichment": "fisher_share / fisher_share_chance (1 = chance)",
+    "{emp,true}_fisher_share_w0": "fisher_share with the initial weights W₀'s top singular pairs (same F)",
+    "{emp,true}_fisher_share_w0_enrichment": "Σ tr(P_W F) / Σ tr(P_W₀ F): alignment over the W₀ null (1 at step 0)",
+    "{emp,true}_fisher_overlap_w0": "fisher_overlap with the initial weights W₀'s top singular pairs (same F)",
+    "{emp,true}_fisher_overlap_w0_enrichment": "fisher_overlap / fisher_overlap_w0: alignment over the W₀ null",
+    "{emp,true}_grad_span_fraction": "‖P_F ∇L‖² / ‖∇L‖²: the part of the gradient inside span(F) (rank ≤ n)",
+    "{emp,true}_ng_span@δ": "cos(∇L_F, (F + λI)⁺∇L_F) inside span(F), ∇L_F = P_F ∇L, λ = δ·λ₁(F); @pinv: λ = 0 (F⁺)",
     "blew_up": "1 where the training loss exceeded blowup_factor × its step-0 value (the run stops there; "
                "studies/lm_regimes.py)",
+    # spectral edge: the update window (telemetry/edge.py)
+    "edge_sigma{i}_sq": "i-th largest eigenvalue σ_i² of the update Gram matrix G = X Xᵀ, X the last W "
+                        "parameter updates (rows, flattened trainable parameters; telemetry/edge.py)",
+    "edge_gap": "σ_1 / σ_2 of the update window (singular-value gap ratio at the edge)",
+    "edge_gap23": "σ_2 / σ_3 of the update window",
+    "edge_share": "σ_1² / tr G: share of the window's update energy along the edge direction v_1",
+    "edge_grad_energy": "Σ⟨g_t,v_1⟩² / (Σ⟨g_t,v_1⟩² + Σ⟨d_t,v_1⟩²) over the window: the gradient part's share "
+                        "of the energy along the edge (g_t = AdamW's −η m̂/(√v̂+ε), d_t = −ηλθ_{t−1})",
+    "edge_grad_decay_cos": "cosine between the window sequences ⟨g_t,v_1⟩ and ⟨d_t,v_1⟩ (+1: gradient and "
+                           "decay push the same way along the edge)",
+    "edge_grad_decay_agree": "fraction of window steps with ⟨g_t,v_1⟩·⟨d_t,v_1⟩ > 0",
+    "edge_rotation": "angle (degrees, sign-free) between the edge direction and the previous measured one",
+    "grad_decay_cos": "window mean of the full-space cosine between an update's gradient and decay parts",
+    "update_grad_norm": "window mean of ‖g_t‖, the gradient part of the AdamW update",
+    "update_decay_norm": "window mean of ‖d_t‖ = η λ ‖θ_{t−1}‖, the weight-decay part of the update",
+    "edge_window": "number of updates in the window when measured (≤ W)",
+    # LoRA adapters, ΔW = (α/r)·B·A (lora/geometry.py)
+    "lora_stable_rank": "stable rank of a LoRA update ΔW = s·B·A (s = α/r): ‖ΔW‖_F² / ‖ΔW‖_2². At scope "
+                        "`model`: the mean over adapted modules",
+    "utilization": "lora_stable_rank / r. At scope `model`: the mean over adapted modules",
+    "lora_kappa": "σ_1 / σ_r of ΔW's r non-zero singular values (its r × r core); inf when the core is rank-deficient",
+    "lora_kappa_r": "σ_1 / σ_k of ΔW, σ_k the smallest singular value above the rank tolerance",
+    "lora_effective_rank": "Roy–Vetterli effective rank of ΔW, exp(H(σ / ‖σ‖₁)). At scope `model`: the mean",
+    "lora_spectral_norm": "‖ΔW‖_2",
+    "lora_frobenius_norm": "‖ΔW‖_F",
+    "lora_numerical_rank": "number of ΔW's singular values above σ_1·max(out, in)·eps",
+    "dominance": "‖ΔW‖_2 / ‖W‖_2, W the frozen base weight (worst-case relative change of the layer map). "
+                 "At scope `model`: the largest over adapted modules",
+    "dominance_fro": "‖ΔW‖_F / ‖W‖_F (average-case relative change for isotropic inputs). At scope `model`: "
+                     "the largest over adapted modules",
+    # LoRA flight recorder's monitor (lora/flight.py)
+    "train_ppl": "exp(mean token cross-entropy) on the training split (answer tokens for question/answer tasks)",
+    "test_ppl": "exp(mean token cross-entropy) on the test split",
+    "ppl_ratio": "test_ppl / train_ppl, the generalisation gap the monitor watches",
+    "memorisation": "1 where ppl_ratio > the monitor's threshold (1.5, the seed's rule) and its warning was "
+                    "logged, else 0",
 }
 
 

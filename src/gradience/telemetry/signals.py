@@ -309,3 +309,143 @@ def early_warning_summary(
             }
         )
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------- power
+
+
+def lag1_autocorrelation(x: ArrayLike) -> float:
+    """Pearson ``corr(x_{t-1}, x_t)`` of a whole series (NaN for a constant one)."""
+    arr = _as_series(x)
+    a, b = arr[:-1], arr[1:]
+    if np.std(a) == 0 or np.std(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def ar1_series(phi: ArrayLike, n_series: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_series`` AR(1) paths ``x_t = φ_t x_{t-1} + ε_t``, ``ε ~ N(0, 1)``, of length ``len(φ)``,
+    started from the stationary law of ``φ_0`` (variance ``1 / (1 - φ_0²)``); shape ``(n_series, n)``.
+
+    A coefficient rising towards 1 is the textbook model of critical slowing down: the relaxation
+    time ``-1 / log φ`` and the variance ``1 / (1 - φ²)`` both grow (Scheffer et al. 2009).
+    """
+    phi = _as_series(phi, "phi")
+    if np.any(np.abs(phi) >= 1):
+        raise ValueError("AR(1) coefficients must lie in (-1, 1)")
+    out = np.empty((n_series, phi.size))
+    out[:, 0] = rng.normal(size=n_series) / np.sqrt(1 - phi[0] ** 2)
+    noise = rng.normal(size=(n_series, phi.size))
+    for t in range(1, phi.size):
+        out[:, t] = phi[t] * out[:, t - 1] + noise[:, t]
+    return out
+
+
+def detection_rate(null: ArrayLike, alternative: ArrayLike, alpha: float) -> tuple[float, float]:
+    """Power of a one-sided test that rejects when a statistic exceeds the ``1 - α`` quantile of its
+    null draws: ``(fraction of alternative draws above it, that critical value)``; NaN draws are
+    left out of both."""
+    null, alt = np.asarray(null, dtype=float), np.asarray(alternative, dtype=float)
+    null, alt = null[np.isfinite(null)], alt[np.isfinite(alt)]
+    if null.size == 0 or alt.size == 0:
+        return float("nan"), float("nan")
+    critical = float(np.quantile(null, 1 - alpha, method="higher"))
+    return float(np.mean(alt > critical)), critical
+
+
+def csd_power(
+    n: int,
+    phi0: float,
+    effects: Sequence[float],
+    *,
+    indicator: str,
+    window: float | int = 0.5,
+    bandwidth: float = 0.2,
+    method: DetrendMethod = "gaussian",
+    n_sims: int = 200,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Power of the early-warning trend test (:func:`early_warning_summary`: Kendall τ of the
+    rolling ``indicator`` of the detrended series) against critical slowing down of known size.
+
+    Alternative: AR(1) noise of length ``n`` whose coefficient rises linearly from ``phi0`` to
+    ``phi0 + s·(1 - phi0)`` (effect ``s``: the fraction of the distance to 1 covered by the end).
+    Null: stationary AR(1) at ``phi0``, which is what phase-randomised surrogates of a stationary
+    series with lag-1 autocorrelation ``phi0`` are; the test rejects when τ exceeds the null's
+    ``1 - α`` quantile. Returns per effect: ``effect, phi_end, power, critical_tau, median_tau``
+    (the median τ of the alternative: the size of trend the test sees at that effect).
+    """
+    if indicator not in INDICATORS:
+        raise ValueError(f"indicator {indicator!r} unknown; allowed: {sorted(INDICATORS)}")
+    if not -1 < phi0 < 1:
+        raise ValueError(f"phi0 must lie in (-1, 1), got {phi0}")
+    w = window_length(window, n)
+    rng = np.random.default_rng(seed)
+
+    def taus(paths: np.ndarray) -> np.ndarray:
+        return np.array([kendall_tau_trend(INDICATORS[indicator](detrend(x, method, bandwidth), w)) for x in paths])
+
+    null = taus(ar1_series(np.full(n, phi0), n_sims, rng))
+    rows = []
+    for s in effects:
+        phi_end = min(phi0 + s * (1 - phi0), 0.999)
+        alt = taus(ar1_series(np.linspace(phi0, phi_end, n), n_sims, rng))
+        power, critical = detection_rate(null, alt, alpha)
+        rows.append({"effect": float(s), "phi_end": phi_end, "power": power, "critical_tau": critical,
+                     "median_tau": float(np.nanmedian(alt))})
+    return pd.DataFrame(rows)
+
+
+def trend_test(x: ArrayLike, n_surrogates: int = 99, kind: SurrogateKind = "phase", seed: int = 0) -> tuple[float, float]:
+    """Kendall τ of a series' *level* against time and its one-sided surrogate p-value.
+
+    The null series are surrogates of the linearly detrended series: stationary noise with the
+    series' own autocorrelation, so a slowly wandering series is not mistaken for a trend (the
+    plain Mann–Kendall p-value assumes independent points).
+    """
+    arr = _as_series(x)
+    tau = kendall_tau_trend(arr)
+    null = np.array([kendall_tau_trend(s) for s in surrogates(detrend(arr, "linear"), n_surrogates, kind, seed)])
+    return tau, float((1 + np.sum(null >= tau)) / (1 + null.size))
+
+
+def trend_power(
+    noise: ArrayLike,
+    rises: Sequence[float],
+    *,
+    n_sims: int = 200,
+    alpha: float = 0.05,
+    kind: SurrogateKind = "phase",
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Power of :func:`trend_test` against a linear rise of the level by ``rise`` (in the units of
+    ``noise``, e.g. log10 of the level: ``log10(2)`` is a doubling) over the series.
+
+    ``noise``: a detrended series whose surrogates stand for the fluctuations around the level.
+    Null: its surrogates; alternative: other surrogates plus the ramp ``rise·t/(n-1)``. The test's own
+    null (surrogates of the linearly detrended alternative) is that same null, so the rate is the
+    test's power up to the surrogate count. Returns per rise: ``rise, power, critical_tau,
+    median_tau``.
+    """
+    arr = _as_series(noise)
+    ramp = np.linspace(0.0, 1.0, arr.size)
+    sims = list(surrogates(arr, 2 * n_sims, kind, seed))  # independent draws for the null and the alternative
+    null = np.array([kendall_tau_trend(s) for s in sims[:n_sims]])
+    rows = []
+    for rise in rises:
+        alt = np.array([kendall_tau_trend(s + rise * ramp) for s in sims[n_sims:]])
+        power, critical = detection_rate(null, alt, alpha)
+        rows.append({"rise": float(rise), "power": power, "critical_tau": critical,
+                     "median_tau": float(np.nanmedian(alt))})
+    return pd.DataFrame(rows)
+
+
+def minimum_detectable(power_table: pd.DataFrame, effect: str, power: float = 0.8) -> dict[str, float]:
+    """The smallest ``effect`` of a power table (:func:`csd_power`, :func:`trend_power`) whose power
+    is ≥ ``power``, and the median Kendall τ the test saw there (NaN when none reaches it)."""
+    ok = power_table[power_table["power"] >= power].sort_values(effect)
+    if ok.empty:
+        return {effect: float("nan"), "median_tau": float("nan")}
+    first = ok.iloc[0]
+    return {effect: float(first[effect]), "median_tau": float(first["median_tau"])}

@@ -1,0 +1,97 @@
+"""GSM8K-schema word problems: records ``{"question", "answer"}``, the answer ending in ``#### N``.
+
+Scoring as the seed did: exact match of the final number after ``####`` (commas and a trailing
+``.0`` removed). Sources:
+
+* default profile: PyPI ``reasoning-gym``'s ``gsm_symbolic`` (85 templates derived from GSM8K,
+  instantiated from a seed; its chain-of-thought answers end in ``#### N``) — not the real GSM8K
+  test set; :func:`build_gsm_symbolic` writes ``train.jsonl`` / ``test.jsonl``;
+* paper profile: GSM8K through ``datasets`` at a pinned revision (:func:`hub_gsm8k`, needs the hub);
+* tests: any local JSONL file in the same schema (:func:`read_jsonl`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+GSM8K_DATASET = ("openai/gsm8k", "main")
+_FINAL = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
+
+
+def final_number(text: str) -> str | None:
+    """The number after the last ``####`` in ``text``, normalised (no commas, no trailing ``.0``)."""
+    found = _FINAL.findall(text)
+    if not found:
+        return None
+    value = found[-1].replace(",", "")
+    if "." in value:
+        value = value.rstrip("0").rstrip(".")
+    return value or "0"
+
+
+def exact_match(prediction: str, answer: str) -> bool:
+    """GSM8K exact match: the final numbers after ``####`` agree (a prediction without one is wrong)."""
+    gold, pred = final_number(answer), final_number(prediction)
+    if gold is None:
+        raise ValueError(f"the reference answer has no '#### N': {answer!r}")
+    return pred == gold
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Records of a GSM8K-schema JSONL file; a clear error when the file or a field is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing data: {path} (build it with gradience.tasks.gsm.build_gsm_symbolic)")
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for i, rec in enumerate(records):
+        if not {"question", "answer"} <= rec.keys() or final_number(rec["answer"]) is None:
+            raise ValueError(f"{path}:{i + 1}: a GSM8K record needs 'question' and an 'answer' ending "
+                             f"in '#### N', got {sorted(rec)}")
+    return records
+
+
+def write_jsonl(records: list[dict], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records),
+                    encoding="utf-8")
+    return path
+
+
+def gsm_symbolic(n: int, seed: int) -> list[dict]:
+    """``n`` problems of reasoning-gym's ``gsm_symbolic`` in GSM8K schema (answer = its chain of thought)."""
+    try:
+        import reasoning_gym
+    except ImportError as e:
+        raise ImportError("gsm_symbolic needs the PyPI package reasoning-gym (pip install reasoning-gym)") from e
+    ds = reasoning_gym.create_dataset("gsm_symbolic", seed=seed, size=n)
+    out = []
+    for item in ds:
+        cot = item["metadata"]["answer_cot"].strip()
+        if final_number(cot) != final_number(f"#### {item['answer']}"):
+            cot = f"{cot}\n#### {item['answer']}"
+        out.append({"question": item["question"], "answer": cot})
+    return out
+
+
+def build_gsm_symbolic(folder: str | Path, n_train: int = 2000, n_test: int = 500, seed: int = 0) -> list[Path]:
+    """Write ``train.jsonl`` and ``test.jsonl`` under ``folder`` (seeds ``seed`` and ``seed + 1``; test
+    problems whose question also occurs in train are dropped, so the splits are disjoint); deterministic bytes."""
+    folder = Path(folder)
+    train = gsm_symbolic(n_train, seed)
+    seen = {r["question"] for r in train}
+    test = [r for r in gsm_symbolic(2 * n_test, seed + 1) if r["question"] not in seen][:n_test]
+    if len(test) < n_test:
+        raise ValueError(f"only {len(test)} of {n_test} test problems are not in train; use a smaller n_test")
+    return [write_jsonl(train, folder / "train.jsonl"), write_jsonl(test, folder / "test.jsonl")]
+
+
+def hub_gsm8k(split: str, revision: str) -> list[dict]:
+    """GSM8K through ``datasets`` at ``revision`` (paper profile; needs the Hugging Face hub)."""
+    from datasets import load_dataset
+
+    name, config = GSM8K_DATASET
+    ds = load_dataset(name, config, split=split, revision=revision)
+    return [{"question": r["question"], "answer": r["answer"]} for r in ds]
