@@ -1,7 +1,6 @@
 """A small convolutional network for the 8×8 digits, with optional batch normalisation.
 
-``norm="batch"`` puts ``BatchNorm2d`` after each convolution; ``norm="none"`` removes it (the
-"remove normalisation" arm of Protocol D). Weight matrices as the telemetry sees them (conv
+``norm="batch"`` puts ``BatchNorm2d`` after each convolution; ``norm="none"`` removes it. Weight matrices as the telemetry sees them (conv
 kernels matricised ``out × in·k·k``): ``convs.0`` (c₁ × 9), ``convs.1`` (c₂ × 9·c₁), ``fc``
 (d_hidden × c₂·(s/2)²), ``readout`` (n_classes × d_hidden).
 """

@@ -552,7 +552,6 @@ def metrics(a: Analysis, p: ReportParams) -> dict:
             "eff_dim_min_median": float(g.eff_dim_min.median()),
             "fisher_alpha_median": float(g.fisher_alpha_median.median()),
             "weight_alpha_median": float(g.weight_alpha_median.median()),
-            "cpu_seconds_median": float(g.cpu_seconds.median()) if "cpu_seconds" in g else math.nan,
             "coupling_significant_bonferroni": float(c.significant_bonferroni.sum()),
             "coupling_tests": float(c.p_value.notna().sum()),
         }

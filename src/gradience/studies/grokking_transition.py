@@ -788,7 +788,6 @@ def metrics(a: Analysis, p: ReportParams) -> dict:
             "steps_run_mean": float(g["steps_run"].mean()),
             "final_test_acc_mean": float(g["final_test_acc"].mean()),
             "diverged_runs": float((g["outcome"] == "diverged").sum()),
-            "cpu_seconds_mean": float(g["cpu_seconds"].mean()) if "cpu_seconds" in g else math.nan,
         }
     ps_by = {(r.test, r.tested): r._asdict() for r in a.power_summary.itertuples()}
     tests: dict[str, dict] = {}

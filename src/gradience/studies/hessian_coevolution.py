@@ -420,8 +420,7 @@ def metrics(a: Analysis, p: ReportParams) -> dict:
              "ratio_max_median": float(g.ratio_max.median()), "edge_step_median": float(g.edge_step.median()),
              "ratio_after_edge_median": float(g.ratio_after_edge.median()),
              "final_train_loss_median": float(g.final_train_loss.median()),
-             "hvp_per_step_median": float(g.hvp_per_step.median()), "cold_gap_max": float(g.cold_gap_max.max()),
-             "cpu_seconds_median": float(g.cpu_seconds.median()) if "cpu_seconds" in g else math.nan}
+             "hvp_per_step_median": float(g.hvp_per_step.median()), "cold_gap_max": float(g.cold_gap_max.max())}
         for view in VIEWS:
             t = prim[(prim.regime == name) & (prim.view == view)]
             m |= {f"{view}_best_lag_steps_median": float(t.lead_steps.median()),
