@@ -94,6 +94,7 @@ def test_editing_a_report_key_reruns_only_that_notebook(clone):
     assert set(json.loads(sh("dvc", "status", "--json", cwd=dest, env=env).stdout)) == {"grokking_runs"}
     sh("git", "checkout", "params.yaml", cwd=dest, env=env)
     sh("gradience", "profile", "smoke", cwd=dest, env=env)
+    sh("dvc", "repro", cwd=dest, env=env)  # the report back to the smoke params, for the tests below
 
 
 def test_an_experiment_with_a_set_param_runs(clone):
