@@ -200,4 +200,4 @@ coupling[["regime", "seed", "weight_metric", "fisher_metric", "n", "best_lag", "
 
 # %%
 table = base.write_report(stage, results, P, out_dir)
-display(Markdown(table.drop(columns="id").to_markdown(index=False)))
+display(Markdown(plots.markdown_table(table.drop(columns="id"))))

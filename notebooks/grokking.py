@@ -162,4 +162,4 @@ results.alerts.T
 
 # %%
 table = base.write_report(stage, results, P, out_dir)
-display(Markdown(table.drop(columns="id").to_markdown(index=False)))
+display(Markdown(plots.markdown_table(table.drop(columns="id"))))

@@ -251,4 +251,4 @@ results.signals.round(3)
 
 # %%
 table = base.write_report(stage, results, P, out_dir)
-display(Markdown(table.drop(columns="id").to_markdown(index=False)))
+display(Markdown(plots.markdown_table(table.drop(columns="id"))))

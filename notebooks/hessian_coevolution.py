@@ -236,4 +236,4 @@ plots.save(fig, out_dir, "lead_lag_pairs")
 
 # %%
 table = base.write_report(stage, results, P, out_dir)
-display(Markdown(table.drop(columns="id").to_markdown(index=False)))
+display(Markdown(plots.markdown_table(table.drop(columns="id"))))

@@ -1,10 +1,11 @@
-"""One seaborn theme and the figure helpers every notebook uses."""
+"""One seaborn theme and the figure and table helpers every notebook uses."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import seaborn as sns
 
 DPI = 110
@@ -22,6 +23,12 @@ def save(fig: plt.Figure, out_dir: str | Path, name: str) -> None:
     path = Path(out_dir) / "figures" / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """``frame`` as a Markdown table, with ``|`` inside cells escaped so a cell such as
+    "|Δ log r|" cannot split its row."""
+    return frame.astype(str).replace({r"\|": r"\\|"}, regex=True).to_markdown(index=False)
 
 
 def facet_lines(data, x: str, y: str, hue: str, col: str, *, logx: bool = False, logy: bool = False,
