@@ -48,7 +48,7 @@ def repo(tmp_path, committed):
 def test_identical_files_are_all_equal(committed, repo, capsys):
     table = verify.compare(committed, copy.deepcopy(committed))
     assert set(table["status"]) == {"equal"}
-    assert "conditions.mul_wd0.1.kappa_final_median" in set(table["key"])  # nested keys joined with "."
+    assert "conditions.mul_wd0.1.kappa.model.final_median" in set(table["key"])  # nested keys joined with "."
     assert verify.main(["x"], "HEAD", repo) == 0
     n_keys = len(verify.flatten(committed))
     assert f"{n_keys} equal" in capsys.readouterr().out
@@ -56,9 +56,9 @@ def test_identical_files_are_all_equal(committed, repo, capsys):
 
 @pytest.mark.parametrize(("factor", "status"), [(1.1, "within tolerance"), (4.0, "outside tolerance")])
 def test_kappa_change_is_judged_by_its_tolerance(committed, repo, factor, status):
-    key = "conditions.add_wd1.kappa_final_median"
+    key = "conditions.add_wd1.kappa.model.final_median"
     rerun = copy.deepcopy(committed)
-    rerun["conditions"]["add_wd1"]["kappa_final_median"] *= factor  # +10 % / +300 %
+    rerun["conditions"]["add_wd1"]["kappa"]["model"]["final_median"] *= factor  # +10 % / +300 %
     row = verify.compare(committed, rerun).set_index("key").loc[key]
     assert row["status"] == status
     assert row["tolerance"] == verify.TOLERANCES["*kappa*"] == 0.5
@@ -87,14 +87,16 @@ def test_an_absent_findings_count_is_zero(committed):
 
 
 def test_missing_keys_and_nulls(committed):
+    committed["conditions"]["add_wd0"]["grok_step_mean"] = None  # runs that never grokked
+    committed["conditions"]["add_wd0.01"]["grok_step_mean"] = None
     rerun = copy.deepcopy(committed)
-    del rerun["conditions"]["add_wd1"]["kappa_peak_median"]
+    del rerun["conditions"]["add_wd1"]["kappa"]["model"]["peak_median"]
     rerun["conditions"]["add_wd1"]["extra"] = 1.0
-    rerun["conditions"]["mul_wd0.1"]["grok_step_mean"] = 1500.0  # null → a number: it grokked now
+    rerun["conditions"]["add_wd0.01"]["grok_step_mean"] = 1500.0  # null → a number: it grokked now
     s = statuses(verify.compare(committed, rerun))
-    assert s["conditions.add_wd1.kappa_peak_median"] == s["conditions.add_wd1.extra"] == "missing"
-    assert s["conditions.add_wd1.grok_step_mean"] == "equal"  # null == null
-    assert s["conditions.mul_wd0.1.grok_step_mean"] == "outside tolerance"
+    assert s["conditions.add_wd1.kappa.model.peak_median"] == s["conditions.add_wd1.extra"] == "missing"
+    assert s["conditions.add_wd0.grok_step_mean"] == "equal"  # null == null
+    assert s["conditions.add_wd0.01.grok_step_mean"] == "outside tolerance"
 
 
 def test_tolerances_first_matching_pattern_wins():
