@@ -10,6 +10,7 @@ from gradience.lora import adapters as ad
 from gradience.lora import finetune as ft
 from gradience.lora.flight import FlightRecorder
 from gradience.tasks import gsm, reviews
+from gradience.tasks.jsonl import write_records
 
 # PEFT's trainable parameters on Mistral-7B (the numbers behind the seed's "Params" column)
 MISTRAL_COUNTS = {(32, "all"): 83_886_080, (8, "all"): 20_971_520, (32, "mlp"): 56_623_104,
@@ -50,7 +51,7 @@ def _arithmetic(n, seed):
 
 def test_paper_path_gsm8k_schema_on_tiny_mistral(tmp_path):
     torch.manual_seed(0)
-    path = gsm.write_jsonl(_arithmetic(8, 0), tmp_path / "train.jsonl")
+    path = write_records(_arithmetic(8, 0), tmp_path / "train.jsonl")
     records = gsm.read_jsonl(path)  # a small local file in GSM8K's schema
     tok = ad.tiny_tokenizer([ft.PROMPT.format(question=r["question"]) + " " + r["answer"] for r in records])
     model = ad.apply_lora(MistralForCausalLM(ad.tiny_mistral_config(hidden_size=64, intermediate_size=128)),
@@ -76,7 +77,7 @@ def test_paper_path_sst2_schema_on_tiny_mistral(tmp_path):
     records = [{"sentence": f"this snack is {words[lab][int(torch.randint(4, (1,), generator=g))]} really",
                 "label": lab} for lab in (0, 1) * 16]
     path = tmp_path / "sst2.jsonl"
-    gsm.write_jsonl(records, path)
+    write_records(records, path)
     records = reviews.read_jsonl(path)
     tok = ad.tiny_tokenizer([r["sentence"] for r in records])
     torch.manual_seed(0)
@@ -86,5 +87,5 @@ def test_paper_path_sst2_schema_on_tiny_mistral(tmp_path):
     ft.train(model, data, steps=60, batch_size=16, lr=1e-2, seed=0)
     assert ft.classification_accuracy(model, data) == 1.0
     with pytest.raises(ValueError, match="'label' in"):
-        gsm.write_jsonl([{"sentence": "x", "label": 3}], path)
+        write_records([{"sentence": "x", "label": 3}], path)
         reviews.read_jsonl(path)

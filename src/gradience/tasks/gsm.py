@@ -12,9 +12,10 @@ Scoring as the seed did: exact match of the final number after ``####`` (commas 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
+
+from gradience.tasks.jsonl import read_records, write_records
 
 GSM8K_DATASET = ("openai/gsm8k", "main")
 _FINAL = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
@@ -41,23 +42,9 @@ def exact_match(prediction: str, answer: str) -> bool:
 
 def read_jsonl(path: str | Path) -> list[dict]:
     """Records of a GSM8K-schema JSONL file; a clear error when the file or a field is missing."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"missing data: {path} (build it with gradience.tasks.gsm.build_gsm_symbolic)")
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    for i, rec in enumerate(records):
-        if not {"question", "answer"} <= rec.keys() or final_number(rec["answer"]) is None:
-            raise ValueError(f"{path}:{i + 1}: a GSM8K record needs 'question' and an 'answer' ending "
-                             f"in '#### N', got {sorted(rec)}")
-    return records
-
-
-def write_jsonl(records: list[dict], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records),
-                    encoding="utf-8")
-    return path
+    return read_records(path, lambda r: {"question", "answer"} <= r.keys() and final_number(r["answer"]) is not None,
+                        "a GSM8K record needs 'question' and an 'answer' ending in '#### N'",
+                        "gradience.tasks.gsm.build_gsm_symbolic")
 
 
 def gsm_symbolic(n: int, seed: int) -> list[dict]:
@@ -85,7 +72,7 @@ def build_gsm_symbolic(folder: str | Path, n_train: int = 2000, n_test: int = 50
     test = [r for r in gsm_symbolic(2 * n_test, seed + 1) if r["question"] not in seen][:n_test]
     if len(test) < n_test:
         raise ValueError(f"only {len(test)} of {n_test} test problems are not in train; use a smaller n_test")
-    return [write_jsonl(train, folder / "train.jsonl"), write_jsonl(test, folder / "test.jsonl")]
+    return [write_records(train, folder / "train.jsonl"), write_records(test, folder / "test.jsonl")]
 
 
 def hub_gsm8k(split: str, revision: str) -> list[dict]:

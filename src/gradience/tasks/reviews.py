@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import lzma
 import shutil
 import struct
@@ -21,6 +20,8 @@ import warnings
 import zlib
 from pathlib import Path
 
+from gradience.tasks.jsonl import read_records, write_records
+
 DEBIAN_PACKAGE = "r-cran-modeldata"
 LAZYLOAD = "usr/lib/R/site-library/modeldata/data/Rdata"
 SST2_DATASET = ("stanfordnlp/sst2", None)
@@ -29,14 +30,9 @@ DOWNLOADS = Path(".gradience/downloads")
 
 def read_jsonl(path: str | Path) -> list[dict]:
     """Records of an SST-2-schema JSONL file; a clear error when the file or a field is missing."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"missing data: {path} (build it with gradience.tasks.reviews.build_fine_foods)")
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    for i, rec in enumerate(records):
-        if not {"sentence", "label"} <= rec.keys() or rec["label"] not in (0, 1):
-            raise ValueError(f"{path}:{i + 1}: an SST-2 record needs 'sentence' and 'label' in {{0, 1}}, got {rec}")
-    return records
+    return read_records(path, lambda r: {"sentence", "label"} <= r.keys() and r["label"] in (0, 1),
+                        "an SST-2 record needs 'sentence' and 'label' in {0, 1}",
+                        "gradience.tasks.reviews.build_fine_foods")
 
 
 def debian_package(downloads: Path = DOWNLOADS) -> Path:
@@ -115,13 +111,7 @@ def build_fine_foods(folder: str | Path) -> list[Path]:
     """Write ``train.jsonl`` (4000) and ``test.jsonl`` (1000) under ``folder``; deterministic bytes."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for split, records in fine_foods().items():
-        path = folder / f"{split}.jsonl"
-        path.write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records),
-                        encoding="utf-8")
-        paths.append(path)
-    return paths
+    return [write_records(records, folder / f"{split}.jsonl") for split, records in fine_foods().items()]
 
 
 def hub_sst2(split: str, revision: str) -> list[dict]:
