@@ -1,7 +1,7 @@
 """Rules 10–14 of the Rosetta Stone: LoRA scale, rank, target modules, dropout and initialisation.
 
 σ_k is :func:`gradience.rosetta.precision.sigma_k`; the effective rank is Roy–Vetterli,
-exp(H(σ/‖σ‖₁)) (:func:`gradience.telemetry.kbasis.effective_rank`) — the document cites Roy & Vetterli
+exp(H(σ/‖σ‖₁)) (:func:`gradience.telemetry.spectral.effective_rank`) — the document cites Roy & Vetterli
 but writes exp(H(σ²)) in one place; the cited definition (the repository's) is used.
 
 10. **Scale bound**: s ≤ σ_k(W)/‖BA‖₂ (Weyl: a perturbation of spectral norm ≤ σ_k cannot move any
@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from gradience.rosetta.precision import eigengap, sigma_k, spectrum
-from gradience.telemetry.kbasis import effective_rank
+from gradience.telemetry.spectral import effective_rank
 
 
 def lora_scale_bound(weight: Tensor | np.ndarray, delta_norm: float, dtype: torch.dtype = torch.float32) -> dict[str, float]:

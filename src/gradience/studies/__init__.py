@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-STAGES = ("grokking", "rank_survey", "hessian_coevolution", "fisher_geometry", "grokking_transition")
+STAGES = ("grokking", "rank_survey", "hessian_coevolution", "fisher_geometry", "grokking_transition",
+          "spectral_edge", "gradient_rank", "lora_gsm8k", "lora_sst2", "rosetta")
 
 
 def study(stage: str) -> ModuleType:

@@ -2,8 +2,8 @@
 
 Definitions (all singular values in float64):
 
-* ``effective_rank`` is Roy–Vetterli, exp(H(p)), p = σ / ‖σ‖₁ — the same formula as
-  :func:`gradience.telemetry.spectral.spectral_metrics_from_sigma` (a test checks they agree).
+* ``effective_rank`` is Roy–Vetterli, exp(H(p)), p = σ / ‖σ‖₁: :func:`gradience.telemetry.spectral.effective_rank`,
+  the one used by every weight metric.
 * True gradient: G = ∂L/∂W of every 2-D ``weight`` of a module (linear and embedding layers) on one
   stated batch, the mean token cross-entropy (:func:`true_gradients`). Its effective rank per
   matrix is ``grad_er``; over matrices it is summarised by mean and max, and per decoder layer
@@ -39,19 +39,10 @@ from torch.nn.utils import parametrize
 
 from gradience.telemetry.curvature import cross_entropy
 from gradience.telemetry.recorder import MODEL_SCOPE
+from gradience.telemetry.spectral import effective_rank
 
 Triple = tuple[str, str, float]
 _LAYER = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
-
-
-def effective_rank(sigma: np.ndarray | Tensor) -> float:
-    """Roy–Vetterli exp(H(σ/‖σ‖₁)) of non-negative values (``nan`` when all are 0 or there are none)."""
-    s = np.abs(np.asarray(torch.as_tensor(sigma).detach().cpu().double()))
-    total = s.sum()
-    if s.size == 0 or total == 0:
-        return math.nan
-    p = s[s > 0] / total
-    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 def prefix_effective_ranks(values: np.ndarray) -> np.ndarray:

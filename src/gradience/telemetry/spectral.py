@@ -53,6 +53,16 @@ def power_law_alpha(sigma: np.ndarray) -> float:
     return float(-slope)
 
 
+def effective_rank(sigma: np.ndarray | torch.Tensor) -> float:
+    """Roy–Vetterli exp(H(p)), p = |σ| / ‖σ‖₁, of non-negative values (``nan`` when all are 0 or none)."""
+    s = np.abs(np.asarray(torch.as_tensor(sigma).detach().cpu().double()))
+    total = s.sum()
+    if s.size == 0 or total == 0:
+        return math.nan
+    p = s[s > 0] / total
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
 def spectral_metrics_from_sigma(sigma: np.ndarray, shape: tuple[int, int]) -> dict[str, float]:
     """All :data:`SPECTRAL_METRICS` from a descending singular-value vector of a matrix of ``shape``."""
     sigma = np.asarray(sigma, dtype=np.float64)
@@ -63,14 +73,12 @@ def spectral_metrics_from_sigma(sigma: np.ndarray, shape: tuple[int, int]) -> di
     kept = sigma[sigma > tol]
     rank = kept.size
     full_rank = rank == sigma.size
-    p = sigma / sigma.sum()
-    p = p[p > 0]
     return {
         "kappa": float(sigma[0] / sigma[-1]) if full_rank else math.inf,
         "kappa_r": float(sigma[0] / kept[-1]),
         "numerical_rank": float(rank),
         "stable_rank": float((sigma**2).sum() / sigma[0] ** 2),
-        "effective_rank": float(np.exp(-(p * np.log(p)).sum())),
+        "effective_rank": effective_rank(sigma),
         "nuclear_norm": float(sigma.sum()),
         "spectral_norm": float(sigma[0]),
         "frobenius_norm": float(np.sqrt((sigma**2).sum())),
