@@ -184,3 +184,7 @@ def test_probe_rows():
     assert 0 < by[("layers.1.weight", "k2_cos")] <= by[("layers.1.weight", "k4_cos")] <= 1 + 1e-12
     assert by[("layers.1.weight", "k4_cos")] <= by[("layers.1.weight", "k4_cos_subspace")] + 1e-12
     assert ("model", "k95") in by
+    assert by[("model", "grad_er_layer1")] == pytest.approx(er["layers.1.weight"])  # one matrix per layer here
+    k95 = kb.k_for_coverage(grads["layers.0.weight"], kb.svd_basis(kb.base_weight(model.layers[0])), 95.0)
+    assert by[("model", "k95_layer0")] == pytest.approx(k95) or math.isnan(k95)
+    assert ("model", "grad_er_layer2") not in by

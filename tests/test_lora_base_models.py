@@ -46,3 +46,14 @@ def test_smollm2_conversion_round_trip(tmp_path):
     data = ft.encode_qa(tok, [{"question": "What is the capital of France?",
                                "answer": "The capital of France is Paris."}], max_length=64)
     assert ft.mean_token_loss(model, data) < 3.0  # pretrained: a uniform guess costs ln 49152 ≈ 10.8 nats
+
+
+def test_resolve_tells_folders_from_hub_ids(tmp_path):
+    import pytest
+
+    assert bm.resolve("mistralai/Mistral-7B-v0.1") == "mistralai/Mistral-7B-v0.1"  # the paper profile's hub id
+    assert bm.resolve(bm.MINILM) == bm.minilm_folder()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        bm.resolve("reports/weights/not-prepared")
+    (tmp_path / "config.json").write_text("{}")
+    assert bm.resolve(tmp_path) == tmp_path

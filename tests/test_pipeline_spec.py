@@ -19,7 +19,8 @@ def test_committed_dvc_yaml_is_the_generated_one():
 
 def test_each_study_is_a_training_stage_and_a_report_stage():
     spec = yaml.safe_load(pipeline.render())["stages"]
-    assert set(spec) == {s for stage in STAGES for s in (stage, f"{stage}_runs")}
+    weights = {f"weights_{name}" for stage in STAGES for name in pipeline.base_models(stage)}
+    assert set(spec) == {s for stage in STAGES for s in (stage, f"{stage}_runs")} | weights
     for stage in STAGES:
         runs, report = spec[f"{stage}_runs"], spec[stage]
         assert runs["params"] == [f"{stage}.runs"] and report["params"] == [f"{stage}.report"]
@@ -30,6 +31,28 @@ def test_each_study_is_a_training_stage_and_a_report_stage():
             assert needed in runs["deps"], needed
         for needed in ("src/gradience/runner.py", "src/gradience/reporting.py", "src/gradience/plots.py"):
             assert needed in report["deps"], needed
+
+
+def test_a_base_model_is_prepared_once_by_its_own_stage_and_feeds_the_runs():
+    spec = yaml.safe_load(pipeline.render())["stages"]
+    users = [stage for stage in STAGES if pipeline.base_models(stage)]
+    assert users, "no study starts from a prepared base model"
+    for stage in users:
+        for name in pipeline.base_models(stage):
+            prep = spec[f"weights_{name}"]
+            assert prep["outs"] == [f"reports/weights/{name}"]
+            assert f"reports/weights/{name}" in spec[f"{stage}_runs"]["deps"]
+            module = pipeline.BASE_MODEL_STAGES[name]
+            assert prep["cmd"].startswith(f"python -m {module} {name} ")
+            assert str(pipeline.module_path(module).relative_to(REPO)) in prep["deps"]
+
+
+def test_an_unknown_base_model_is_named(monkeypatch):
+    from gradience.studies import study
+
+    monkeypatch.setattr(study(STAGES[0]), "BASE_MODELS", ("gpt5",), raising=False)
+    with pytest.raises(KeyError, match="unknown BASE_MODELS.*gpt5"):
+        pipeline.base_models(STAGES[0])
 
 
 def _loaded_modules(code: str) -> set[str]:

@@ -239,3 +239,133 @@ def test_llama_branches_scales_and_hooks():
     for h in handles:
         h.remove()
     torch.testing.assert_close(lm(input_ids=tokens, output_hidden_states=True).hidden_states[1], hidden[1])
+
+
+# ------------------------------------------------------------------ protocol (the study's arms)
+
+
+def _tiny_bert(seed=0):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=384, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=64, num_labels=2)
+    return BertForSequenceClassification(cfg)
+
+
+def test_param_groups_epsilon_and_decay_match_numpy():
+    from gradience.rosetta.protocol import Conventional, param_groups
+
+    net = nn.Sequential(nn.Linear(4, 4, bias=True), nn.Linear(4, 3, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor(DIAG, dtype=torch.float32))
+    conv = Conventional(lr=0.1, weight_decay=0.5, steps=1, batch_size=0)
+    groups, chosen = param_groups(net, conv, ["adam_epsilon", "decay"])
+    assert len(groups) == 3 and groups[-1]["eps"] == 1e-8 and groups[-1]["weight_decay"] == 0.5  # the bias
+    s = np.linalg.svd(DIAG, compute_uv=False)
+    sk = s[s >= math.sqrt(F32_EPS) * s[0]][-1]  # 1e-2
+    assert groups[0]["eps"] == pytest.approx(max(sk**2, math.sqrt(F32_EPS) * s[0] ** 2), rel=1e-6)
+    assert groups[0]["weight_decay"] == pytest.approx(0.5 * sk / s[0], rel=1e-6)
+    s1 = np.linalg.svd(net[1].weight.detach().double().numpy(), compute_uv=False)
+    assert groups[1]["weight_decay"] == pytest.approx(0.5 * s1[-1] / s1[0], rel=1e-6)
+    plain, _ = param_groups(net, conv, [])
+    assert all(g["eps"] == 1e-8 and g["weight_decay"] == 0.5 for g in plain)
+    assert set(chosen.metric) == {"adam_eps", "weight_decay"}
+
+
+def _regression_split(n=64, seed=0):
+    from gradience.tasks import Split
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g)
+    y = (x[:, 0] > 0).long()
+    return Split(x[: n // 2], y[: n // 2], x[n // 2:], y[n // 2:])
+
+
+def test_train_arm_conventional_learns_and_mass_uses_the_measured_step():
+    from gradience.rosetta.protocol import Conventional, train_arm
+
+    split = _regression_split()
+    conv = Conventional(lr=0.05, weight_decay=0.0, steps=40, batch_size=0)
+    torch.manual_seed(0)
+    res = train_arm(nn.Linear(5, 2), split, conv, [], seed=0, eval_every=10)
+    assert res.outcome == "completed" and res.history.step.tolist() == [0, 10, 20, 30, 40]
+    assert res.final["train_acc"] >= 0.9 and res.history.train_loss.iloc[-1] < res.history.train_loss.iloc[0]
+    assert res.history.lr.iloc[1] == pytest.approx(0.05)  # past the 4-step warm-up
+    torch.manual_seed(0)
+    model = nn.Linear(5, 2)
+    expected = ro.mass_step_size(model, (split.x_train, split.y_train), lanczos_tol=1e-3)
+    res = train_arm(model, split, Conventional(lr=0.05, weight_decay=0.0, steps=5, batch_size=0), ["mass"], 0,
+                    eval_every=5, mass_every=5)
+    eta = res.rules[(res.rules.metric == "eta_step") & (res.rules.step == 0)].value.iloc[0]
+    assert eta == pytest.approx(expected.step, rel=1e-3)
+    assert res.history.lr.iloc[-1] == pytest.approx(eta)
+    with pytest.raises(ValueError, match="unknown rules"):
+        train_arm(model, split, conv, ["warp"], 0, eval_every=5)
+
+
+def test_stop_step_reads_rule_9():
+    import pandas as pd
+
+    from gradience.rosetta.protocol import stop_step
+
+    h = pd.DataFrame({"step": [0, 10, 20, 30], "train_loss": [2.0, 1.0, 1.0 + 1e-5, 0.5]})
+    assert stop_step(h) == (20.0, "loss_stable")
+    h = pd.DataFrame({"step": [0, 10], "train_loss": [2.0, 1e-5]})
+    assert stop_step(h) == (10.0, "loss_below_sqrt_eps")
+    s, why = stop_step(pd.DataFrame({"step": [0, 10], "train_loss": [2.0, 1.0]}))
+    assert math.isnan(s) and why == ""
+
+
+def test_lora_plan_model_and_spectral_init_on_a_tiny_bert():
+    from gradience.rosetta.protocol import LoraArm, lora_budget_ratios, lora_model, lora_plan
+
+    model = _tiny_bert()
+    plan = lora_plan(model, LoraArm().candidates)
+    assert len(plan.table) == 6  # query, key, value, attention.output.dense, intermediate, output.dense
+    for row in plan.table.itertuples():
+        w = dict(model.named_modules())[row.module].weight.detach()
+        assert row.tail_dims == ro.tail_dims(w) and row.rank == row.tail_dims
+        assert row.dropout == pytest.approx(ro.geometric_dropout(w, row.rank))
+    assert plan.dropout == pytest.approx(plan.table[plan.table.target].dropout.mean())
+    assert lora_plan(model, LoraArm().candidates, r_max=2).table["rank"].max() <= 2
+    with pytest.raises(ValueError, match="no linear module"):
+        lora_plan(model, "nothing")
+
+    conv, chosen = lora_model(_tiny_bert(), LoraArm(), seed=0)
+    ranks = chosen[chosen.metric == "lora_rank"]
+    assert len(ranks) == 2 and set(ranks.value) == {8.0}  # query + value, r 8
+    assert set(chosen[chosen.metric == "lora_scale"].value) == {2.0}
+    assert (lora_budget_ratios(conv).budget_ratio == 0).all()  # B = 0 at initialisation
+
+    geo, chosen = lora_model(_tiny_bert(), LoraArm(rules=("rank", "targets", "dropout", "init", "scale"), r_max=3), 0)
+    assert chosen[chosen.metric == "n_targets"].value.iloc[0] == plan.table.target.sum()
+    ratios = lora_budget_ratios(geo)
+    np.testing.assert_allclose(ratios.budget_ratio, 1.0, rtol=1e-4)  # ‖1·BA‖₂ = σ_k at step 0
+    with pytest.raises(ValueError, match="unknown LoRA rules"):
+        lora_model(_tiny_bert(), LoraArm(rules=("warp",)), 0)
+
+
+def test_spread():
+    from gradience.rosetta.protocol import spread
+
+    assert spread([1.0, 3.0, math.nan]) == (2.0, pytest.approx(math.sqrt(2)))
+    assert spread([4.0]) == (4.0, 0.0)
+    assert all(math.isnan(v) for v in spread([]))
+
+
+def test_budget_monitor_matches_the_dense_budget_ratio():
+    from gradience.lora import finetune
+    from gradience.rosetta.protocol import BudgetMonitor, LoraArm, lora_budget_ratios, lora_model
+
+    model, _ = lora_model(_tiny_bert(), LoraArm(rules=("init", "scale")), seed=0)
+    g = torch.Generator().manual_seed(0)
+    data = finetune.Encoded(torch.randint(3, 384, (16, 6), generator=g), torch.ones(16, 6, dtype=torch.long),
+                            torch.randint(0, 2, (16,), generator=g))
+    mon = BudgetMonitor()
+    finetune.train(model, data, steps=4, batch_size=8, lr=0.05, seed=0, recorder=mon)
+    assert len(mon.ratios) == 5 and mon.ratios[0] == pytest.approx(1.0, rel=1e-4)  # spectral init: ‖BA‖₂ = σ_k
+    assert mon.ratios[-1] == pytest.approx(lora_budget_ratios(model).budget_ratio.max(), rel=1e-6)
+    first = next(i for i, r in enumerate(mon.ratios) if i > 0 and r > 0.9)
+    assert mon.halt_step == first == 1
+    assert mon._handles == []  # detached by finetune.train

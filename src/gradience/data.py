@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from gradience.tasks import digits, modular, text
+from gradience.tasks import digits, gsm, modular, reviews, text
 
 
 def build_modular(folder: Path) -> None:
@@ -27,6 +27,9 @@ BUILDERS: dict[str, Callable[[Path], object]] = {
     "modular": build_modular,
     "digits": digits.build_digits,
     "text": text.build_shakespeare,
+    "reviews": reviews.build_fine_foods,
+    # >>> lora_gsm8k (its data builder; keep this marker line)
+    "arithmetic": gsm.build_arithmetic,
 }
 
 

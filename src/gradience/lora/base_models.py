@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import sys
 from pathlib import Path
 
 import torch
@@ -62,23 +64,72 @@ def minilm_folder() -> Path:
     return path
 
 
-def load_causal_lm(folder: str | Path):
-    """(model, tokenizer) of a local causal-LM checkpoint in fp32; pads on the left for generation."""
+MINILM = "minilm"  # base_model name of the packaged all-MiniLM-L6-v2
+
+
+def resolve(name: str | Path) -> str | Path:
+    """A ``base_model`` param → what ``from_pretrained`` takes: ``minilm`` → :func:`minilm_folder`; an
+    existing folder, or any path that is not ``owner/name`` → that folder (it must hold ``config.json``);
+    ``owner/name`` that is not a folder here → the hub id (paper profile)."""
+    if str(name) == MINILM:
+        return minilm_folder()
+    path = Path(name)
+    if path.exists() or str(name).count("/") != 1:
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"missing model: {path}/config.json (prepare it first, e.g. "
+                                    f"`python -m gradience.lora.base_models smollm2 {path}`)")
+        return path
+    return str(name)
+
+
+def _placement(device) -> dict:
+    return {"device_map": str(device)} if device is not None and torch.device(device).type == "cuda" else {}
+
+
+def load_causal_lm(folder: str | Path, dtype: torch.dtype = torch.float32, device=None):
+    """(model, tokenizer) of a causal LM (:func:`resolve`); the tokenizer pads with EOS when it has no pad token."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"missing model: {folder}/config.json (convert it first: "
-                                f"gradience.lora.base_models.convert_smollm2)")
-    tok = AutoTokenizer.from_pretrained(folder)
+    where = resolve(folder)
+    tok = AutoTokenizer.from_pretrained(where)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), tok
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **_placement(device))
+    return (model.to(device) if device is not None else model), tok
 
 
-def load_classifier(folder: str | Path, num_labels: int = 2):
-    """(sequence-classification model with a fresh head, tokenizer) from a local encoder checkpoint."""
+def load_classifier(folder: str | Path, num_labels: int = 2, dtype: torch.dtype = torch.float32, device=None):
+    """(sequence-classification model with a fresh head, tokenizer) of an encoder or decoder checkpoint
+    (:func:`resolve`); a decoder without a pad token pads with EOS (its head reads the last non-pad token)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(folder)
-    return AutoModelForSequenceClassification.from_pretrained(folder, num_labels=num_labels), tok
+    where = resolve(folder)
+    tok = AutoTokenizer.from_pretrained(where)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(where, num_labels=num_labels, dtype=dtype,
+                                                               **_placement(device))
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    return (model.to(device) if device is not None else model), tok
+
+
+PREPARE = {"smollm2": convert_smollm2}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gradience.lora.base_models NAME OUT``: prepare a base model's checkpoint (a DVC stage)."""
+    parser = argparse.ArgumentParser(prog="python -m gradience.lora.base_models", description=main.__doc__)
+    parser.add_argument("name", choices=sorted(PREPARE))
+    parser.add_argument("out", help="folder to write (config, safetensors, tokenizer)")
+    args = parser.parse_args(argv)
+    try:
+        print(PREPARE[args.name](args.out))
+    except FileNotFoundError as exc:
+        print(f"gradience: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -53,6 +53,10 @@ class Encoded:
         return self.attention_mask.sum(1)
 
 
+def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     width = max(len(r) for r in rows)
     return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
@@ -93,10 +97,12 @@ def batches(n: int, batch_size: int, steps: int, seed: int):
 
 
 def train(model: nn.Module, data: Encoded, steps: int, batch_size: int, lr: float, seed: int = 0,
-          weight_decay: float = 0.0, recorder=None) -> list[float]:
+          weight_decay: float = 0.0, recorder=None, after_step=None) -> list[float]:
     """AdamW on the trainable parameters for ``steps`` updates; returns the batch losses.
 
-    ``recorder``: a :class:`~gradience.lora.flight.FlightRecorder`, attached to the optimizer."""
+    ``recorder``: a :class:`~gradience.lora.flight.FlightRecorder`, attached to the optimizer.
+    ``after_step(step)``: called after update ``step`` (1-based), e.g. to evaluate; the model is put
+    back in training mode afterwards."""
     if steps < 0 or batch_size < 1 or lr <= 0:
         raise ValueError(f"need steps ≥ 0, batch_size ≥ 1, lr > 0; got {steps}, {batch_size}, {lr}")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -105,12 +111,16 @@ def train(model: nn.Module, data: Encoded, steps: int, batch_size: int, lr: floa
         recorder.attach(model, opt)
     model.train()
     losses = []
+    device = next(model.parameters()).device
     for idx in batches(len(data), batch_size, steps, seed):
-        loss = model(**data.batch(idx)).loss
+        loss = model(**to_device(data.batch(idx), device)).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
+        if after_step is not None:
+            after_step(len(losses))
+            model.train()
     if recorder is not None:
         recorder.finish(model)
         recorder.detach()
@@ -123,8 +133,9 @@ def mean_token_loss(model: nn.Module, data: Encoded, batch_size: int = 16) -> fl
     """Mean cross-entropy over all labelled tokens of ``data`` (log of :func:`perplexity`)."""
     model.eval()
     total, count = 0.0, 0
+    device = next(model.parameters()).device
     for start in range(0, len(data), batch_size):
-        b = data.batch(torch.arange(start, min(start + batch_size, len(data))))
+        b = to_device(data.batch(torch.arange(start, min(start + batch_size, len(data)))), device)
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
         labels = b["labels"][:, 1:]
         total += float(F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
@@ -147,7 +158,7 @@ def greedy_answers(model: nn.Module, tokenizer, questions: Sequence[str], max_ne
     try:
         for start in range(0, len(questions), batch_size):
             prompts = [PROMPT.format(question=q) for q in questions[start:start + batch_size]]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True)
+            enc = tokenizer(prompts, return_tensors="pt", padding=True).to(next(model.parameters()).device)
             gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -164,11 +175,21 @@ def qa_accuracy(model: nn.Module, tokenizer, records: Sequence[dict], max_new_to
 
 
 @torch.no_grad()
-def classification_accuracy(model: nn.Module, data: Encoded, batch_size: int = 32) -> float:
+def class_logits(model: nn.Module, data: Encoded, batch_size: int = 32) -> torch.Tensor:
+    """The classifier's logits for every example of ``data`` (float32, on the CPU)."""
     model.eval()
-    correct = 0
+    device = next(model.parameters()).device
+    out = []
     for start in range(0, len(data), batch_size):
-        b = data.batch(torch.arange(start, min(start + batch_size, len(data))))
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        correct += int((logits.argmax(-1) == b["labels"]).sum())
-    return correct / len(data)
+        b = to_device(data.batch(torch.arange(start, min(start + batch_size, len(data)))), device)
+        out.append(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float().cpu())
+    return torch.cat(out)
+
+
+def classification_accuracy(model: nn.Module, data: Encoded, batch_size: int = 32) -> float:
+    return float((class_logits(model, data, batch_size).argmax(-1) == data.labels).float().mean())
+
+
+def classification_loss(model: nn.Module, data: Encoded, batch_size: int = 32) -> float:
+    """Mean cross-entropy of the labels (log of the classifier's "perplexity", exp of this)."""
+    return float(F.cross_entropy(class_logits(model, data, batch_size), data.labels))

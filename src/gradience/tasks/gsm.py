@@ -6,6 +6,9 @@ Scoring as the seed did: exact match of the final number after ``####`` (commas 
 * default profile: PyPI ``reasoning-gym``'s ``gsm_symbolic`` (85 templates derived from GSM8K,
   instantiated from a seed; its chain-of-thought answers end in ``#### N``) — not the real GSM8K
   test set; :func:`build_gsm_symbolic` writes ``train.jsonl`` / ``test.jsonl``;
+* default profile of ``lora_gsm8k``: a shorter arithmetic task of ``reasoning-gym`` in the same
+  schema (:func:`build_arithmetic`; the answer is the final number only, ``#### N``): SmolLM2-135M
+  never writes ``####`` zero-shot and cannot learn ``gsm_symbolic`` in a CPU budget;
 * paper profile: GSM8K through ``datasets`` at a pinned revision (:func:`hub_gsm8k`, needs the hub);
 * tests: any local JSONL file in the same schema (:func:`read_jsonl`).
 """
@@ -82,3 +85,40 @@ def hub_gsm8k(split: str, revision: str) -> list[dict]:
     name, config = GSM8K_DATASET
     ds = load_dataset(name, config, split=split, revision=revision)
     return [{"question": r["question"], "answer": r["answer"]} for r in ds]
+
+
+#: The default profile's arithmetic task: reasoning-gym dataset and its configuration (a free choice,
+#: measured: short problems that a few dozen LoRA steps on SmolLM2-135M visibly learn).
+ARITHMETIC = ("chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2})
+
+
+TEST_SEED_OFFSET = 1_000_003
+
+
+def reasoning_gym_records(dataset: str, n: int, seed: int, **config) -> list[dict]:
+    """``n`` problems of a reasoning-gym ``dataset`` in GSM8K schema, the answer being ``#### N`` only."""
+    try:
+        import reasoning_gym
+    except ImportError as e:
+        raise ImportError(f"{dataset} needs the PyPI package reasoning-gym (pip install reasoning-gym)") from e
+    ds = reasoning_gym.create_dataset(dataset, seed=seed, size=n, **config)
+    return [{"question": " ".join(item["question"].split()), "answer": f"#### {item['answer']}"} for item in ds]
+
+
+def build_arithmetic(folder: str | Path, n_train: int = 2000, n_test: int = 500, seed: int = 0,
+                     task: tuple[str, dict] = ARITHMETIC) -> list[Path]:
+    """Write ``train.jsonl`` and ``test.jsonl`` of the arithmetic task (seeds ``seed`` and ``seed +``
+    :data:`TEST_SEED_OFFSET`: reasoning-gym seeds item i with ``seed + i``, so nearby seeds share items;
+    test questions that occur in train or earlier in test are dropped); deterministic bytes."""
+    name, config = task
+    folder = Path(folder)
+    train = reasoning_gym_records(name, n_train, seed, **config)
+    seen = {r["question"] for r in train}
+    test = []
+    for r in reasoning_gym_records(name, 4 * n_test, seed + TEST_SEED_OFFSET, **config):
+        if r["question"] not in seen and len(test) < n_test:
+            seen.add(r["question"])
+            test.append(r)
+    if len(test) < n_test:
+        raise ValueError(f"only {len(test)} of {n_test} test problems are not in train; use a smaller n_test")
+    return [write_records(train, folder / "train.jsonl"), write_records(test, folder / "test.jsonl")]

@@ -109,6 +109,43 @@ GLOSSARY: dict[str, str] = {
     "ppl_ratio": "test_ppl / train_ppl, the generalisation gap the monitor watches",
     "memorisation": "1 where ppl_ratio > the monitor's threshold (1.5, the seed's rule) and its warning was "
                     "logged, else 0",
+    # >>> spectral_edge (metrics its stage logs; keep this marker line)
+    "probe_r2_{linear,quadratic,mlp}": "spectral_edge: held-out R² of a probe of the Dyck-1 depth from the final "
+                                       "hidden state (telemetry.edge.probe_pipeline: ridge; PCA-32 + degree-2 + ridge; "
+                                       "one-hidden-layer MLP), fitted on train-sequence positions, scored on test ones",
+    "adamw_weight_decay": "spectral_edge: the AdamW weight decay λ in force at that step (0 after removal)",
+    # >>> gradient_rank (metrics its stage logs; keep this marker line)
+    "grad_er": "gradient_rank: Roy–Vetterli effective rank of the true gradient ∂L/∂W of a 2-D weight on the "
+               "step's batch (telemetry/kbasis.py)",
+    "grad_er_{mean,max}": "gradient_rank: mean / max of grad_er over all 2-D weight matrices (scope `model`)",
+    "grad_er_layer{i}": "gradient_rank: mean of grad_er over decoder layer i's matrices (scope `model`)",
+    "k{i}_er": "gradient_rank: effective rank of the K-constrained gradient U_K diag(U_Kᵀ G V_K) V_Kᵀ, K = i, "
+               "U_K, V_K the weight's top-K singular vectors (= ER of the K coefficients' gradient ∂L/∂a); "
+               "at scope `model` the mean over matrices",
+    "k{i}_coverage": "gradient_rank: 100 · k{i}_er / grad_er (%); at scope `model` the mean over matrices",
+    "k{i}_cos": "gradient_rank: cos(G, P_K G), P_K G the projection of ∂L/∂W on span{u_j v_jᵀ, j ≤ K} (what "
+                "K-basis adaptation can express) = ‖diag(U_Kᵀ G V_K)‖ / ‖G‖_F; at scope `model` the mean",
+    "k{i}_cos_subspace": "gradient_rank: cos(G, U_K U_Kᵀ G V_K V_Kᵀ) = ‖U_Kᵀ G V_K‖_F / ‖G‖_F (two-sided "
+                         "projection on the top-K singular subspaces); at scope `model` the mean",
+    "k{i}": "gradient_rank: k95, the smallest K whose k{K}_er reaches 95 % of grad_er (nan when even "
+            "K = min(m, n) does not); at scope `model` the mean over matrices where finite",
+    "k{i}_layer{i}": "gradient_rank: k95 averaged over decoder layer i's matrices (where finite; scope `model`)",
+    # >>> lora_gsm8k (metrics its stage logs; keep this marker line)
+    # lora_gsm8k / lora_sst2 log the flight recorder's metrics (above), grad_norm, batch_loss and test_acc
+    # (exact match after '####' for lora_gsm8k, label accuracy for lora_sst2) — all defined above.
+    # >>> lora_sst2 (metrics its stage logs; keep this marker line)
+    # >>> rosetta (metrics its stage logs; keep this marker line)
+    "adam_eps": "rosetta: Adam ε of a weight matrix (rule 2: max(σ_k², √ε·σ_max²) of the initial weight, or the conventional ε)",
+    "weight_decay": "rosetta: weight decay of a weight matrix (rule 4: λ₀·σ_k/σ_max of the initial weight, or λ₀)",
+    "eta_{ceiling,sps,weyl,step}": "rosetta rule 1 on the measurement batch: 2/λ_max, Polyak (L − 0)/‖g‖², "
+                                   "min_W σ_k(W)/‖∂L/∂W‖₂, and their minimum clamped to [ε, 1/√ε] (the SGD step used)",
+    "binding_{ceiling,sps,weyl,lr_min,lr_max}": "rosetta: 1 where that term (or clamp) set the MASS step",
+    "lora_rank": "rosetta: LoRA rank of a module (rule 11: tail_dims, capped at r_max; or the conventional r)",
+    "lora_scale": "rosetta: LoRA scale s = α/r of a module (rule 10 with spectral init: 1)",
+    "tail_dims": "rosetta rule 11: min(m, n) − ⌊erank(W)⌋ of a candidate module's base weight",
+    "lora_dropout": "rosetta: the adapter's dropout (rule 13: mean over targets of (1 − erank/full)·(r/full))",
+    "n_targets": "rosetta: number of LoRA target modules (rule 12: candidates with tail_dims > 0)",
+    "budget_ratio_max": "rosetta rules 5/9: max over LoRA modules of ‖s·BA‖₂/σ_k(W₀) after each update (step 0: at initialisation)",
 }
 
 

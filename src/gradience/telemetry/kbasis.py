@@ -54,6 +54,18 @@ def prefix_effective_ranks(values: np.ndarray) -> np.ndarray:
         return np.where(s > 0, np.exp(np.log(s) - t / s), np.nan)
 
 
+def iid_gaussian_er(k: int, draws: int = 2000, seed: int = 0) -> float:
+    """Mean effective rank of K i.i.d. standard normal values (Monte Carlo, ``draws`` vectors): the
+    ER a K-constrained gradient has when its K coefficients diag(U_Kᵀ G V_K) look like noise —
+    the reference for "the ER of what K can express" (≈ 0.61·K for large K)."""
+    if k < 1:
+        raise ValueError(f"K must be ≥ 1, got {k}")
+    z = np.random.default_rng(seed).standard_normal((draws, k))
+    d = np.abs(z)
+    p = d / d.sum(1, keepdims=True)
+    return float(np.exp(-(p * np.log(p)).sum(1)).mean())
+
+
 def layer_of(name: str) -> int | None:
     """Decoder-layer index of a parameter name (``…layers.3.…`` → 3); ``None`` outside the layers."""
     m = _LAYER.search(name)
@@ -138,10 +150,12 @@ def kbasis_coverage(grad: Tensor, basis: Basis, ks: Sequence[int]) -> list[KCove
     return out
 
 
-def k_for_coverage(grad: Tensor, basis: Basis, target: float = 95.0) -> float:
-    """Smallest K with er_k ≥ ``target`` % of ER(G); ``nan`` if no K ≤ min(m, n) reaches it."""
+def k_for_coverage(grad: Tensor, basis: Basis, target: float = 95.0, er_true: float | None = None) -> float:
+    """Smallest K with er_k ≥ ``target`` % of ER(G); ``nan`` if no K ≤ min(m, n) reaches it.
+    ``er_true``: ER(G) when already known (saves an SVD)."""
     g = grad.detach().cpu().double()
-    er_true = effective_rank(torch.linalg.svdvals(g))
+    if er_true is None:
+        er_true = effective_rank(torch.linalg.svdvals(g))
     if not math.isfinite(er_true):
         return math.nan
     ers = prefix_effective_ranks(((basis.U.T @ g) * basis.V.T).sum(1).numpy())
@@ -247,9 +261,11 @@ def true_gradients(model: nn.Module, batch: tuple[Tensor, Tensor],
 class GradientRankProbe:
     """Training-loop probe: per 2-D weight ``grad_er`` and, for each K in ``ks``, ``k<K>_er``,
     ``k<K>_coverage``, ``k<K>_cos`` (cos_diag), ``k<K>_cos_subspace``, and ``k<target>`` (the K for
-    ``target`` % coverage); at scope ``model`` the mean and max of ``grad_er`` and the means of the
-    others. The basis is the SVD of each :func:`base_weight` (frozen under K-basis adaptation,
-    the current weight otherwise); gradients are :func:`true_gradients` on the step's batch."""
+    ``target`` % coverage); at scope ``model`` the mean and max of ``grad_er``, the means (over
+    matrices, nan-skipping) of the others, and per decoder layer i (:func:`per_layer`)
+    ``grad_er_layer<i>`` and ``k<target>_layer<i>``. The basis is the SVD of each
+    :func:`base_weight` (frozen under K-basis adaptation, the current weight otherwise); gradients
+    are :func:`true_gradients` on the step's batch."""
 
     def __init__(self, ks: Iterable[int] = (2, 4, 8, 16, 32, 64), target: float = 95.0) -> None:
         self.ks, self.target = tuple(ks), target
@@ -265,7 +281,8 @@ class GradientRankProbe:
             for k, c in zip(self.ks, cov, strict=True):
                 rows += [(name, f"k{k}_er", c.er_k), (name, f"k{k}_coverage", c.coverage),
                          (name, f"k{k}_cos", c.cos_diag), (name, f"k{k}_cos_subspace", c.cos_subspace)]
-            rows.append((name, f"k{self.target:g}", k_for_coverage(g, basis, self.target)))
+            er_true = cov[0].er_true if cov else None
+            rows.append((name, f"k{self.target:g}", k_for_coverage(g, basis, self.target, er_true)))
         by_metric: dict[str, list[float]] = {}
         for _, metric, value in rows:
             by_metric.setdefault(metric, []).append(value)
@@ -273,4 +290,7 @@ class GradientRankProbe:
         rows += [(MODEL_SCOPE, "grad_er_mean", er["mean"]), (MODEL_SCOPE, "grad_er_max", er["max"])]
         rows += [(MODEL_SCOPE, metric, float(np.nanmean(v)) if np.isfinite(v).any() else math.nan)
                  for metric, v in by_metric.items() if metric != "grad_er"]
+        for metric, out in (("grad_er", "grad_er_layer"), (f"k{self.target:g}", f"k{self.target:g}_layer")):
+            values = {scope: v for scope, m, v in rows if m == metric and scope != MODEL_SCOPE}
+            rows += [(MODEL_SCOPE, f"{out}{i}", v) for i, v in per_layer(values).items()]
         return rows

@@ -1,0 +1,92 @@
+"""The LoRA family's analyses on synthetic run tables whose verdicts are known."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from gradience.studies import lora_family as lf
+from gradience.studies import lora_gsm8k as gsm_study
+
+REPORT = lf.FamilyReportParams(z=2.0, min_seeds=2, min_test_examples=200)
+
+
+def _runs(acc: dict[str, list[float]], n_test=400, ppl=None, sr=None) -> pd.DataFrame:
+    rows = []
+    for name, values in acc.items():
+        spec = lf.CONFIGS.get(name)
+        for seed, a in enumerate(values):
+            rows.append({"run": f"{name}/s{seed}", "condition": name, "seed": seed, "accuracy": a, "n_test": n_test,
+                         "ppl_ratio": (ppl or {}).get(name, 1.2), "lora_stable_rank": (sr or {}).get(name, 2.0),
+                         "utilization": (sr or {}).get(name, 2.0) / (spec.r if spec else 1), "dominance": 0.1,
+                         "lora_effective_rank": 3.0, "train_ppl": 2.0, "test_ppl": 2.4, "trainable_params": 1,
+                         "r": spec.r if spec else None, "alpha_over_r": spec.alpha_over_r if spec else None,
+                         "lr": spec.lr if spec else None, "seed_lr": spec.lr if spec else None,
+                         "targets": spec.targets if spec else None})
+    return pd.DataFrame(rows)
+
+
+def _analysis(runs: pd.DataFrame) -> lf.Analysis:
+    tuned = runs[runs.condition != lf.ZERO_SHOT].reset_index(drop=True)
+    return lf.Analysis(None, pd.DataFrame(), runs, tuned, lf.config_table(runs), pd.DataFrame(), pd.DataFrame())
+
+
+SEEDLIKE = {"zero_shot": [0.0], "baseline": [0.20, 0.21], "baseline_lr5e5": [0.38, 0.37], "low_alpha": [0.36, 0.35],
+            "small_r8": [0.24, 0.25], "low_alpha_r8": [0.35, 0.36], "mlp_only": [0.16, 0.15],
+            "attn_only": [0.38, 0.39], "attn_r8_lr5e5": [0.345, 0.345], "attn_r8_low_alpha_lr5e5": [0.35, 0.35]}
+
+
+def test_standard_error_combines_seed_spread_and_the_binomial_error():
+    acc = pd.Series([0.2, 0.3])
+    expected = math.sqrt(0.25 * 0.75 / (100 * 2) + 0.005 / 2)  # p(1-p)/(n k) + var/k
+    assert lf.accuracy_se(acc, 100) == pytest.approx(expected, rel=1e-12)
+    assert lf.accuracy_se(pd.Series([0.5]), 100) == pytest.approx(0.05)  # one seed: binomial only
+    c = lf.comparison(_runs({"a_low": [0.5]} | {}, n_test=100).assign(condition="low_alpha").pipe(
+        lambda d: pd.concat([d, d.assign(condition="baseline", accuracy=0.3)])), "low_alpha", "baseline")
+    assert c.diff == pytest.approx(0.2) and c.se == pytest.approx(math.hypot(0.05, math.sqrt(0.21 / 100)))
+    assert lf.better(c, 2.0) and not lf.same(c, 2.0)
+    assert lf.better(lf.comparison(_runs({}), "x", "y"), 2.0) is None
+
+
+def test_the_seed_numbers_reproduce_every_shared_claim():
+    a = _analysis(_runs(SEEDLIKE, ppl={"baseline": 1.64, "low_alpha": 1.45, "mlp_only": 1.7},
+                        sr={"baseline": 4.66, "low_alpha": 2.25, "baseline_lr5e5": 1.30, "small_r8": 3.0,
+                            "low_alpha_r8": 2.0, "mlp_only": 5.0, "attn_only": 1.5}))
+    rows = {r["id"].split(".")[1]: r for r in gsm_study.findings(a, gsm_study.ReportParams())}
+    assert {k: r["verdict"] for k, r in rows.items()} == {k: "reproduced" for k in rows}, rows
+    assert "4/18 runs flagged" in rows["ppl_ratio_monitor"]["measured"]
+    assert lf.grid_frame(a.configs).loc[32, 0.25] == pytest.approx(0.355)
+
+
+def test_opposite_results_are_not_reproduced_only_with_the_budget():
+    flipped = SEEDLIKE | {"baseline": [0.40, 0.41], "low_alpha": [0.20, 0.21], "small_r8": [0.40, 0.40],
+                          "low_alpha_r8": [0.20, 0.20], "attn_r8_low_alpha_lr5e5": [0.10, 0.11]}
+    rows = {r["id"].split(".")[1]: r for r in gsm_study.findings(_analysis(_runs(flipped)), REPORT)}
+    assert rows["alpha_controls_generalisation"]["verdict"] == "not reproduced"
+    assert rows["alpha_irrelevant_at_low_lr"]["verdict"] == "not reproduced"
+    assert rows["attention_beats_all"]["verdict"] == "not reproduced"
+    assert rows["ppl_ratio_monitor"]["verdict"] == "inconclusive"  # every run passes: nothing to separate
+    small = {r["id"].split(".")[1]: r for r in gsm_study.findings(_analysis(_runs(flipped, n_test=50)), REPORT)}
+    assert small["alpha_controls_generalisation"]["verdict"] == "not comparable"
+    assert "scored test examples per run 50 (needs ≥ 200)" in small["alpha_controls_generalisation"]["why"]
+    one_seed = {k: v[:1] for k, v in flipped.items()}
+    rows1 = {r["id"].split(".")[1]: r for r in gsm_study.findings(_analysis(_runs(one_seed)), REPORT)}
+    assert rows1["alpha_controls_generalisation"]["verdict"] == "not comparable"
+    # an equality claim is vacuous on a tiny test set: not comparable, never reproduced by default
+    eq = {r["id"].split(".")[1]: r for r in gsm_study.findings(_analysis(_runs(SEEDLIKE, n_test=20)), REPORT)}
+    assert eq["alpha_irrelevant_at_low_lr"]["verdict"] == "not comparable"
+
+
+def test_configurations_not_run_are_inconclusive():
+    rows = gsm_study.findings(_analysis(_runs({"zero_shot": [0.0], "attn_r8_lr5e5": [0.3, 0.31]})), REPORT)
+    assert {r["verdict"] for r in rows} == {"inconclusive"}
+    assert "not run in this profile" in rows[0]["measured"]
+
+
+def test_jobs_run_first_seed_configs_once_and_scale_the_lr():
+    p = lf.FamilyRunParams(seeds=[3, 4], base_model="m", configs=["baseline"], first_seed_configs=["mlp_only"],
+                           lr_scale=5.0, steps=1, batch_size=1, geometry_every=1, eval_every=1,
+                           data=lf.DataParams(folder="x", test_examples=1, eval_examples=1, max_length=8))
+    jobs = lf.jobs(p, "data")
+    assert [j.run_id for j in jobs] == ["zero_shot/s3", "baseline/s3", "baseline/s4", "mlp_only/s3"]
+    assert jobs[0].spec is None and jobs[1].spec.lr == pytest.approx(1e-3) and jobs[3].spec.targets == "mlp"

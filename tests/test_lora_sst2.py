@@ -1,0 +1,108 @@
+"""lora_sst2: the paper path (a decoder classifier) on a tiny random Mistral, the default path on MiniLM."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from transformers import MistralForSequenceClassification
+
+from gradience.lora import adapters as ad
+from gradience.profiles import profile_params
+from gradience.reporting import VERDICTS
+from gradience.studies import base
+from gradience.studies import lora_family as lf
+from gradience.studies import lora_sst2 as study
+from gradience.tasks.jsonl import write_records
+
+STAGE = "lora_sst2"
+WORDS = {1: ["great", "lovely", "tasty", "superb"], 0: ["awful", "stale", "bland", "rotten"]}
+
+
+def _reviews(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [{"sentence": f"this snack is {WORDS[lab][int(torch.randint(4, (1,), generator=g))]} really", "label": lab}
+            for lab in (0, 1) * (n // 2)]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sst")
+    write_records(_reviews(64, 0), root / "reviews" / "train.jsonl")
+    write_records(_reviews(24, 1)[:23], root / "reviews" / "test.jsonl")  # 12 negatives, 11 positives
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(data):
+    tok = ad.tiny_tokenizer([r["sentence"] for r in _reviews(64, 0)])
+    torch.manual_seed(0)
+    MistralForSequenceClassification(ad.tiny_mistral_config(num_labels=2)).save_pretrained(data / "model")
+    tok.save_pretrained(data / "model")
+    return data / "model"
+
+
+def test_profiles_validate_and_keep_the_seed_configurations():
+    for name in ("default", "smoke", "paper"):
+        p = base.load_params(STAGE, profile_params(name)[STAGE])
+        assert study.jobs(p.runs, "data")
+    paper = base.load_params(STAGE, profile_params("paper")[STAGE]).runs
+    assert paper.data.test_split == "validation" and paper.dtype == "bfloat16" and set(paper.configs) == set(lf.CONFIGS)
+    default = base.load_params(STAGE, profile_params("default")[STAGE]).runs
+    assert set(study.SEED_SST2) <= set(default.configs) and len(default.seeds) >= 2 and default.base_model == "minilm"
+
+
+def test_paper_path_end_to_end_on_tiny_mistral_classifier(tiny, data, tmp_path):
+    section = profile_params("paper")[STAGE]
+    section["runs"] |= {"base_model": str(tiny), "device": "cpu", "seeds": [0], "steps": 40, "batch_size": 16,
+                        "geometry_every": 20, "eval_every": 20, "lr_scale": 50.0, "configs": ["attn_r8_lr5e5", "baseline"],
+                        "first_seed_configs": [],
+                        "data": {"source": "local", "folder": "reviews", "test_split": "test", "test_examples": 23,
+                                 "eval_examples": 16, "max_length": 16}}
+    p = base.load_params(STAGE, section)
+    t = base.load_tables(STAGE, base.train(STAGE, p, tmp_path, data))
+    a = study.analyse(t, p.report)
+    runs = a.summary.set_index("run")
+    assert runs.majority_share.iloc[0] == pytest.approx(12 / 23)
+    assert runs.loc["attn_r8_lr5e5/s0", "accuracy"] == 1.0  # the words decide the label
+    assert runs.loc["baseline/s0", "ppl_ratio"] == pytest.approx(runs.loc["baseline/s0", "test_ppl"] /
+                                                                 runs.loc["baseline/s0", "train_ppl"])
+    assert lf.module_family(MistralForSequenceClassification(ad.tiny_mistral_config(num_labels=2))) == "decoder"
+    rows = study.findings(a, p.report)
+    ids = [r["id"] for r in rows]
+    assert ids[:3] == ["lora_sst2.any_config_works", "lora_sst2.low_lr_best", "lora_sst2.attn_r8_efficient"]
+    assert ids[3:] == list(study.CLAIMS.values()) and {r["verdict"] for r in rows} <= set(VERDICTS)
+    base.write_report(STAGE, a, p.report, tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text())["configs"]["attn_r8_lr5e5"]["accuracy"] == 1.0
+
+
+def test_default_path_on_minilm_records_encoder_adapters(data):
+    p = base.load_params(STAGE, profile_params("smoke")[STAGE]).runs
+    p = p.model_copy(update={"data": p.data.model_copy(update={"test_examples": 8, "eval_examples": 4})})
+    job = [j for j in study.jobs(p, str(data)) if j.condition != lf.ZERO_SHOT][0]
+    out = study.run_one(job)
+    tel = out.tables["telemetry"]
+    scopes = set(tel[tel.metric == "utilization"].scope) - {"model"}
+    assert len(scopes) == 6 * 4 and all(".attention." in s for s in scopes)  # attention targets of 6 BERT layers
+    assert out.record["trainable_params"] == 6 * 8 * 4 * (384 + 384) + 384 * 2 + 2  # LoRA + the new head
+    again = study.run_one(job)
+    pd.testing.assert_frame_equal(tel, again.tables["telemetry"])
+
+
+def test_seed_table_verdicts():
+    def runs(acc):
+        rows = [{"run": f"{c}/s{s}", "condition": c, "seed": s, "accuracy": a, "n_test": 872, "ppl_ratio": 1.1,
+                 "lora_stable_rank": 2.0, "utilization": 0.1, "dominance": 0.1, "lora_effective_rank": 2.0,
+                 "train_ppl": 1.2, "test_ppl": 1.3, "r": lf.CONFIGS[c].r, "alpha_over_r": lf.CONFIGS[c].alpha_over_r,
+                 "lr": lf.CONFIGS[c].lr, "seed_lr": lf.CONFIGS[c].lr, "targets": lf.CONFIGS[c].targets,
+                 "trainable_params": 1} for c, v in acc.items() for s, a in enumerate(v)]
+        df = pd.DataFrame(rows)
+        return lf.Analysis(None, pd.DataFrame(), df, df, lf.config_table(df), pd.DataFrame(), pd.DataFrame())
+
+    seed = {"baseline_lr5e5": [0.960, 0.961], "attn_r8_lr5e5": [0.956, 0.955], "baseline": [0.950, 0.951],
+            "low_alpha": [0.940, 0.941]}
+    rows = {r["id"]: r["verdict"] for r in study.find_seed_table(runs(seed), study.ReportParams())}
+    assert set(rows.values()) == {"reproduced"}
+    bad = seed | {"low_alpha": [0.80, 0.81]}
+    rows = {r["id"]: r["verdict"] for r in study.find_seed_table(runs(bad), study.ReportParams())}
+    assert rows["lora_sst2.any_config_works"] == "not reproduced" and rows["lora_sst2.low_lr_best"] == "reproduced"
