@@ -15,8 +15,9 @@ def _single_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
+    """``data/`` rebuilt once per test session (a fresh clone has no data/ until `make study`)."""
     from gradience.data import build
 
     folder = tmp_path_factory.mktemp("data")

@@ -65,8 +65,8 @@ def test_jobs_on_smoke_profile(smoke):
     assert [j.condition for j in gr.jobs(none, "data")] == ["trajectory"]
 
 
-def test_run_one_tiny(smoke):
-    traj = gr.run_one(base.Job(smoke.runs, "trajectory", 0, "data"))
+def test_run_one_tiny(smoke, data_dir):
+    traj = gr.run_one(base.Job(smoke.runs, "trajectory", 0, str(data_dir)))
     tel = traj.tables["telemetry"]
     s = gr.model_series(tel)
     assert sorted(s.step) == [0, 1, 2, 3]
@@ -82,7 +82,7 @@ def test_run_one_tiny(smoke):
     assert s[s.step == 1].grad_er_layer0.iloc[0] == pytest.approx(layer0)
     assert traj.record["measured_steps"] == 4
 
-    adapt = gr.run_one(base.Job(smoke.runs, "adapt", 0, "data"))
+    adapt = gr.run_one(base.Job(smoke.runs, "adapt", 0, str(data_dir)))
     rows = adapt.tables["adapt"]
     assert list(rows.arm) == ["k2", "k8", "full"]
     assert list(rows.trainable.iloc[:2]) == [2 * 16, 8 * 16]  # 16 two-D weights, K coefficients each (d = 8)
