@@ -36,7 +36,7 @@
 #   profile uses reasoning-gym's `chain_sum` (two terms of 1–2 digits) in GSM8K's schema, the
 #   answer `#### N` only, scored exactly like GSM8K. The paper profile keeps GSM8K (pinned revision)
 #   with its chain-of-thought answers.
-# - Steps: a few dozen updates, not the seed's epochs; so every learning rate is multiplied by
+# - Steps: `steps` updates (printed below), not the seed's epochs; so every learning rate is multiplied by
 #   `lr_scale` (printed below), a free choice sized in a pilot so that the seed's baseline LR
 #   over-fits within the run as the seed's baseline did; the seed's 4× ratio between 2e-4 and 5e-5
 #   is kept, and "low LR" here means the seed's 5e-5 × `lr_scale`. The paper profile uses the
@@ -44,8 +44,10 @@
 # - Configurations: those that decide the main claims run with every seed; the others with the
 #   first seed only (listed below), so their comparisons carry no seed spread and the verdicts
 #   that need them say so. The paper profile runs every configuration with three seeds.
-# - Test examples scored: fewer than the budget `min_test_examples` the verdicts ask for, so a
-#   claim that the runs do not show is "not comparable", never "not reproduced".
+# - Test examples scored: `data.test_examples` (printed below), greedy decoding of up to
+#   `max_new_tokens` tokens; a verdict needs `min_test_examples` of them and configurations that
+#   learned (beat the zero-shot accuracy by z SE), else a claim the runs do not show is "not
+#   comparable", never "not reproduced".
 
 # %% tags=["parameters"]
 stage = "lora_gsm8k"
@@ -53,13 +55,12 @@ report = None  # this stage's `report` section of params.yaml; None reads params
 out_dir = None  # None: an interactive run, written to .gradience/scratch/lora_gsm8k/
 
 # %%
-import matplotlib.pyplot as plt
-import seaborn as sns
 from IPython.display import Markdown, display
 
 from gradience import plots
 from gradience.studies import base
 from gradience.studies import lora_family as lf
+from gradience.studies import lora_figures as lfig
 from gradience.studies import lora_gsm8k as study
 
 ctx = base.open_report(stage, report, out_dir)
@@ -84,18 +85,21 @@ counts["params_here"] = counts.config.map(here)
 counts
 
 # %% [markdown]
+# ## Cost on this machine
+# CPU seconds per run (one thread per run) and the part spent scoring the test examples, from
+# `runs.parquet`; the stage's wall time is about the sum divided by `workers`.
+
+# %%
+lf.cost_table(results.summary)
+
+# %% [markdown]
 # ## Zero-shot vs fine-tuned
 # Exact match after `####` on the scored test examples; mean ± sd over seeds (the zero-shot run is
 # one greedy decoding of the base model).
 
 # %%
+plots.save(lfig.accuracy_by_config(results, "exact match (test)"), out_dir, "accuracy_by_config")
 cfg = results.configs
-order = cfg.sort_values("accuracy").config.tolist()
-fig, ax = plt.subplots(figsize=(8, 0.45 * len(cfg) + 1.2))
-sns.barplot(data=results.summary, y="condition", x="accuracy", order=order, errorbar="sd", ax=ax, color="tab:blue")
-sns.stripplot(data=results.summary, y="condition", x="accuracy", order=order, ax=ax, color="k", size=4)
-ax.set(xlabel="exact match (test)", ylabel="configuration", title="Accuracy per configuration (bars: mean, sd over seeds)")
-plots.save(fig, out_dir, "accuracy_by_config")
 cfg[["config", "seeds", "r", "alpha_over_r", "lr", "targets", "accuracy", "accuracy_sd", "ppl_ratio",
      "lora_stable_rank", "utilization", "dominance"]].round(4)
 
@@ -104,13 +108,7 @@ cfg[["config", "seeds", "r", "alpha_over_r", "lr", "targets", "accuracy", "accur
 # The seed's 2 × 2 table: accuracy 20 % / 36 % (r 32) and 24 % / 35 % (r 8) for α/r 1.0 / 0.25.
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-for ax, (value, fmt, title) in zip(axes, [("accuracy", ".2f", "exact match"), ("ppl_ratio", ".2f", "test/train ppl"),
-                                          ("lora_stable_rank", ".2f", "stable rank of ΔW")], strict=True):
-    sns.heatmap(lf.grid_frame(results.configs, value), annot=True, fmt=fmt, cmap="viridis", ax=ax, cbar=False)
-    ax.set(title=title, xlabel="α/r", ylabel="r")
-fig.suptitle("The r × α/r grid (mean over seeds; blank: not run in this profile)", y=1.04)
-plots.save(fig, out_dir, "grid_heatmaps")
+plots.save(lfig.grid_heatmaps(results, "exact match"), out_dir, "grid_heatmaps")
 
 # %% [markdown]
 # ## Training curves and the monitor
@@ -118,20 +116,7 @@ plots.save(fig, out_dir, "grid_heatmaps")
 # stable rank of ΔW over training, per configuration (mean over seeds).
 
 # %%
-s = results.series[results.series.condition != lf.ZERO_SHOT]
-fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-sns.lineplot(data=s.dropna(subset=["batch_loss"]), x="step", y="batch_loss", hue="condition", ax=axes[0], errorbar=None)
-sns.lineplot(data=s.dropna(subset=["ppl_ratio"]), x="step", y="ppl_ratio", hue="condition", ax=axes[1], errorbar=None,
-             marker="o", legend=False)
-axes[1].axhline(P.memorisation_ratio, ls="--", c="grey")
-sns.lineplot(data=s.dropna(subset=["lora_stable_rank"]), x="step", y="lora_stable_rank", hue="condition", ax=axes[2],
-             errorbar=None, legend=False)
-axes[0].set(title="batch loss", ylabel="cross-entropy (answer tokens)")
-axes[1].set(title="test/train perplexity (monitor: dashed)", ylabel="ppl ratio")
-axes[2].set(title="stable rank of ΔW (mean over modules)", ylabel="stable rank")
-axes[0].legend(fontsize=7)
-fig.tight_layout()
-plots.save(fig, out_dir, "curves")
+plots.save(lfig.training_curves(results, P.memorisation_ratio, "answer tokens"), out_dir, "curves")
 lf.monitor_table(results.tuned, P.memorisation_ratio).round(3)
 
 # %% [markdown]
@@ -140,16 +125,7 @@ lf.monitor_table(results.tuned, P.memorisation_ratio).round(3)
 # lower the better. Right: utilization (stable rank / r) and dominance per module kind at the end.
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
-sns.scatterplot(data=results.tuned, x="lora_stable_rank", y="accuracy", hue="condition", style="targets", s=70, ax=axes[0])
-axes[0].set(title="accuracy vs stable rank of ΔW (final)", xlabel="stable rank (mean over modules)", ylabel="exact match")
-axes[0].legend(fontsize=7)
-if len(results.modules):
-    sns.boxplot(data=results.modules, x="kind", y="utilization", hue="condition", ax=axes[1], fliersize=1)
-    axes[1].set(title="utilization per module kind (final)", xlabel="module", ylabel="stable rank / r")
-    axes[1].legend(fontsize=6)
-fig.tight_layout()
-plots.save(fig, out_dir, "accuracy_vs_stable_rank")
+plots.save(lfig.accuracy_vs_stable_rank(results, "exact match"), out_dir, "accuracy_vs_stable_rank")
 print("Spearman across configurations:", lf.stable_rank_association(results))
 
 # %% [markdown]

@@ -55,3 +55,24 @@ def test_every_registered_claim_is_tested_by_a_study():
     code = "".join(p.read_text() for p in Path(REPO, "src/gradience/studies").glob("*.py"))
     unused = [cid for cid in claims() if f'"{cid}"' not in code]
     assert not unused, f"claims no study tests: {unused}"
+
+
+def test_flight_recorder_examples_run(tmp_path, monkeypatch):
+    import re
+
+    import pandas as pd
+
+    from gradience.telemetry.recorder import TELEMETRY_COLUMNS
+
+    doc = Path(REPO, "docs/flight_recorder.md").read_text()
+    blocks = re.findall(r"^```python\n(.*?)^```", doc, re.S | re.M)
+    assert len(blocks) == 2  # the Trainer example and the plain-loop example
+    monkeypatch.chdir(tmp_path)
+    for i, code in enumerate(blocks):
+        before = set(tmp_path.glob("*.parquet"))
+        exec(compile(code, f"docs/flight_recorder.md[python block {i}]", "exec"), {"__name__": f"doc_example_{i}"})
+        written = set(tmp_path.glob("*.parquet")) - before
+        assert written, f"python block {i} wrote no parquet file"
+        for path in written:
+            df = pd.read_parquet(path)
+            assert tuple(df.columns) == TELEMETRY_COLUMNS and len(df) > 0, path.name

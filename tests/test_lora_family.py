@@ -77,6 +77,29 @@ def test_opposite_results_are_not_reproduced_only_with_the_budget():
     assert eq["alpha_irrelevant_at_low_lr"]["verdict"] == "not comparable"
 
 
+def test_a_comparison_needs_configurations_that_learned():
+    a = _analysis(_runs(SEEDLIKE | {"zero_shot": [0.36]}))  # zero-shot as good as the tuned runs
+    assert lf.reference(a) == ("zero-shot", pytest.approx(0.36))
+    assert not lf.learned(a, "low_alpha", 2.0) and lf.learned(a, "attn_only", 0.1)
+    rows = {r["id"].split(".")[1]: r for r in gsm_study.findings(a, REPORT)}
+    # an equality seen between runs that learned nothing is vacuous
+    assert rows["alpha_irrelevant_at_low_lr"]["verdict"] == "not comparable"
+    assert "compared configurations that learned (> zero-shot 36.0 % by 2 SE) 0 (needs ≥ 2)" in \
+        rows["alpha_irrelevant_at_low_lr"]["why"]
+    # a difference the claim predicts is still shown (baseline falls below zero-shot, low α/r does not)
+    assert rows["alpha_controls_generalisation"]["verdict"] == "reproduced"
+    assert rows["stable_rank_tracks_concentration"]["verdict"] == "not comparable"
+    # per run, not on the seed mean: two seeds far apart (8.5 % and 26 %) both left zero-shot 0 %
+    spread = _analysis(_runs({"zero_shot": [0.0], "baseline": [0.085, 0.26]}, n_test=200))
+    assert lf.learned(spread, "baseline", 2.0)  # 0.085 > 2·√(0.085·0.915/200) = 0.039
+    assert not lf.learned(_analysis(_runs({"zero_shot": [0.0], "baseline": [0.005, 0.26]}, n_test=200)),
+                          "baseline", 2.0)  # 1/200 correct is within 2 SE of 0
+    flat = SEEDLIKE | {"baseline": [0.2, 0.2], "low_alpha": [0.2, 0.2]}
+    stuck = _analysis(_runs(flat | {"zero_shot": [0.2]}))
+    eq = {r["id"].split(".")[1]: r for r in gsm_study.findings(stuck, REPORT)}
+    assert eq["alpha_controls_generalisation"]["verdict"] == "not comparable"  # not "not reproduced"
+
+
 def test_configurations_not_run_are_inconclusive():
     rows = gsm_study.findings(_analysis(_runs({"zero_shot": [0.0], "attn_r8_lr5e5": [0.3, 0.31]})), REPORT)
     assert {r["verdict"] for r in rows} == {"inconclusive"}
@@ -90,3 +113,42 @@ def test_jobs_run_first_seed_configs_once_and_scale_the_lr():
     jobs = lf.jobs(p, "data")
     assert [j.run_id for j in jobs] == ["zero_shot/s3", "baseline/s3", "baseline/s4", "mlp_only/s3"]
     assert jobs[0].spec is None and jobs[1].spec.lr == pytest.approx(1e-3) and jobs[3].spec.targets == "mlp"
+
+
+def test_cost_table_sums_cpu_seconds_per_configuration():
+    s = pd.DataFrame({"condition": ["a", "a", "b"], "cpu_seconds": [10.0, 20.0, 5.0],
+                      "scoring_cpu_seconds": [1.0, 3.0, 0.5]})
+    t = lf.cost_table(s)
+    assert t.loc["a", "runs"] == 2 and t.loc["a", "cpu_seconds per run"] == pytest.approx(15.0)
+    assert t.loc["a", "scoring_cpu_seconds per run"] == pytest.approx(2.0)
+    assert t.loc["all runs (sum)", "cpu_seconds per run"] == pytest.approx(35.0)
+
+
+def test_universal_config_of_the_decision_tree():
+    rows = {r["id"]: r for r in gsm_study.findings(_analysis(_runs(SEEDLIKE)), REPORT)}
+    assert rows["lora_gsm8k.universal_config"]["verdict"] == "reproduced"
+    beaten = _analysis(_runs(SEEDLIKE | {"attn_r8_lr5e5": [0.20, 0.21]}))
+    row = gsm_study.find_universal(beaten, REPORT)
+    assert row["verdict"] == "not reproduced" and "baseline_lr5e5" in row["measured"]
+    assert gsm_study.find_universal(_analysis(_runs({"zero_shot": [0.0], "baseline": [0.2, 0.2]})),
+                                    REPORT)["verdict"] == "inconclusive"
+
+
+def test_family_figures_draw_from_an_analysis():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from gradience.studies import lora_figures as lfig
+
+    runs = _runs(SEEDLIKE)
+    series = pd.DataFrame({"run": "baseline/s0", "condition": "baseline", "seed": 0, "step": [0, 5, 10],
+                           "batch_loss": [2.0, 1.5, 1.0], "ppl_ratio": [1.0, 1.2, 1.6], "lora_stable_rank": [1, 2, 3]})
+    a = lf.Analysis(None, pd.DataFrame(), runs, runs[runs.condition != lf.ZERO_SHOT], lf.config_table(runs), series,
+                    pd.DataFrame())
+    fig = lfig.accuracy_by_config(a, "exact match", {"baseline": 0.2})
+    assert len(fig.axes[0].patches) == len(a.configs)  # one bar per configuration, zero-shot included
+    heat = lfig.grid_heatmaps(a, "exact match")
+    assert [ax.get_title() for ax in heat.axes[:3]] == ["exact match", "test/train ppl", "stable rank of ΔW"]
+    curves = lfig.training_curves(a, 1.5, "answer tokens")
+    assert curves.axes[1].lines[-1].get_ydata()[0] == 1.5  # the monitor's threshold
+    assert lfig.accuracy_vs_stable_rank(a, "exact match").axes[0].get_ylabel() == "exact match"

@@ -95,7 +95,7 @@ def test_seed_table_verdicts():
                  "lora_stable_rank": 2.0, "utilization": 0.1, "dominance": 0.1, "lora_effective_rank": 2.0,
                  "train_ppl": 1.2, "test_ppl": 1.3, "r": lf.CONFIGS[c].r, "alpha_over_r": lf.CONFIGS[c].alpha_over_r,
                  "lr": lf.CONFIGS[c].lr, "seed_lr": lf.CONFIGS[c].lr, "targets": lf.CONFIGS[c].targets,
-                 "trainable_params": 1} for c, v in acc.items() for s, a in enumerate(v)]
+                 "trainable_params": 1, "majority_share": 0.5} for c, v in acc.items() for s, a in enumerate(v)]
         df = pd.DataFrame(rows)
         return lf.Analysis(None, pd.DataFrame(), df, df, lf.config_table(df), pd.DataFrame(), pd.DataFrame())
 
@@ -106,3 +106,9 @@ def test_seed_table_verdicts():
     bad = seed | {"low_alpha": [0.80, 0.81]}
     rows = {r["id"]: r["verdict"] for r in study.find_seed_table(runs(bad), study.ReportParams())}
     assert rows["lora_sst2.any_config_works"] == "not reproduced" and rows["lora_sst2.low_lr_best"] == "reproduced"
+    # every configuration stuck at the majority class: nothing was learned, so no ranking can be judged
+    stuck = {c: [0.5, 0.5] for c in seed}
+    rows = {r["id"]: r for r in study.find_seed_table(runs(stuck), study.ReportParams())}
+    assert {r["verdict"] for r in rows.values()} == {"not comparable"}
+    assert "compared configurations that learned (> majority class 50.0 % by 2 SE) 0 (needs ≥ 4)" in \
+        rows["lora_sst2.low_lr_best"]["why"]

@@ -56,8 +56,10 @@ def test_fit_step_and_classes():
     assert [se.classify(x, (0.3, 0.7)) for x in (0.1, 0.5, 0.9, np.nan)] == ["compression", "mixed", "functional", "none"]
 
 
-def _synthetic(two_phase: bool, recover: bool, seeds=(0, 1, 2)) -> base.Tables:
-    """Main condition: fit at step 50 of 200; gradient share 0.99 before, 0.1 (or 0.9) after."""
+def _synthetic(two_phase: bool, recover: bool, seeds=(0, 1, 2), flat: bool = True, lr: float = 0.05) -> base.Tables:
+    """Main condition: fit at step 50 of 200; gradient share 0.99 before, 0.1 (or 0.9) after; the edge's |ΔL| 0.001
+    (or 0.1) vs random 0.01, 0.02. At lr 0.05, λ 1 the decay clock is 7.5 after the fit, 2.5 from the fit to the
+    removal (step 100)."""
     rows, abl, pert = [], [], []
     for cond in ("wd1", "removal"):
         for s in seeds:
@@ -73,9 +75,9 @@ def _synthetic(two_phase: bool, recover: bool, seeds=(0, 1, 2)) -> base.Tables:
             abl += [(run, cond, s, "edge", 5.0, 0.1, 0.01, 1.0)] + [(run, cond, s, f"random{i}", 0.01 + 1e-5, 1.0, 0.01, 1.0)
                                                                    for i in range(2)]
             pert += [(run, cond, s, d, e, dl) for e in (-1.0, 1.0)
-                     for d, dl in (("edge", 0.001), ("random0", 0.01), ("random1", 0.02))]
+                     for d, dl in (("edge", 0.001 if flat else 0.1), ("random0", 0.01), ("random1", 0.02))]
     params = se.RunParams(**{**TINY, "seeds": list(seeds), "steps": 200, "removal_at": 100, "every": 10,
-                             "probe_every": 100, "window": 10})
+                             "probe_every": 100, "window": 10, "lr": lr})
     tel = pd.DataFrame(rows, columns=["run", "condition", "seed", "step", "scope", "metric", "value"])
     ab = pd.DataFrame(abl, columns=["run", "condition", "seed", "direction", "loss", "acc", "base_loss", "base_acc"])
     pe = pd.DataFrame(pert, columns=["run", "condition", "seed", "direction", "eps", "dloss"])
@@ -96,6 +98,11 @@ def test_findings_on_synthetic_tables():
     assert v["probes_reencoded"] == "reproduced" and v["wd_removal"] == "reproduced"
     assert v["classes"] == "not comparable"  # compression at the main decay, and SCAN not run
     assert (a.per_run.fit_step == 50).all()
+    clock = a.per_run.set_index("condition")
+    assert np.allclose(clock.loc["wd1", "decay_clock_post"], 0.05 * 150)
+    assert np.allclose(clock.loc["removal", "decay_clock_post"], 0.05 * 50)  # λ = 0 after removal_at = 100
+    assert np.allclose(clock.loc["removal", "decay_clock_at_removal"], 0.05 * 50)
+    assert clock.loc["wd1", "decay_clock_at_removal"].isna().all()
 
 
 def test_findings_negative_and_short_budget():
@@ -105,3 +112,26 @@ def test_findings_negative_and_short_budget():
     assert v["ablation_critical"] == "not reproduced"
     v, _ = _verdicts(_synthetic(two_phase=False, recover=False, seeds=(0,)))
     assert v["two_phases"] == "not comparable"  # one seed < min_seeds = 3
+
+
+def test_decay_clock_on_a_per_run_frame():
+    per_run = pd.DataFrame({"weight_decay": [1.0, 0.1, 0.0, 1.0, 1.0], "fit_step": [100, 100, 100, 300, np.nan]})
+    clock = se.decay_clock(per_run, 1e-3, 1100)
+    assert np.allclose(clock, [1.0, 0.1, 0.0, 0.8, np.nan], equal_nan=True)
+    assert se.decay_clock(per_run, 1e-3, 50).iloc[0] == 0  # until ≤ fit: no decay after the fit
+    until = pd.Series([200, 200, 200, 400, 400])
+    assert np.allclose(se.decay_clock(per_run, 1e-2, until), [1.0, 0.1, 0.0, 1.0, np.nan], equal_nan=True)
+
+
+def test_short_decay_clock_is_not_comparable_not_not_reproduced():
+    v, _ = _verdicts(_synthetic(two_phase=False, recover=False, flat=False))
+    assert v["perturbation_flat"] == "not reproduced"  # clock 7.5 after the fit: every budget met
+    v, a = _verdicts(_synthetic(two_phase=False, recover=False, flat=False, lr=1e-3))  # clock 0.15 after the fit
+    assert v["perturbation_flat"] == "not comparable"
+    assert v["two_phases"] == "not comparable" and v["probes_reencoded"] == "reproduced"
+    assert v["wd_removal"] == "not comparable"  # clock 0.05 from the fit to the removal
+    rows = {r["id"].split(".")[1]: r["why"] for r in se.findings(a, se.ReportParams())}
+    assert "short of budget: lr·wd·steps after the fit 0.15 (needs ≥ 1)" in rows["perturbation_flat"]
+    assert "lr·wd·steps from the fit to the removal 0.05" in rows["wd_removal"]
+    v, _ = _verdicts(_synthetic(two_phase=False, recover=False, flat=False, lr=1e-3), min_decay_clock=0.1)
+    assert v["perturbation_flat"] == "not reproduced" and v["wd_removal"] == "not comparable"

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -208,7 +209,9 @@ def run_family(job: base.Job, task: Task) -> base.RunOutput:
                           recorder=rec, after_step=lambda s: evaluate(s) if s % p.eval_every == 0 else None)
         if p.steps % p.eval_every:
             evaluate(p.steps)
+    scoring = time.process_time()
     acc = task.score(model, tok, test_scored, enc_test)
+    scoring = time.process_time() - scoring
     end = p.steps if spec is not None else 0
     for step, loss in enumerate(losses):
         rec.recorder.log(step, MODEL_SCOPE, "batch_loss", loss)
@@ -216,7 +219,7 @@ def run_family(job: base.Job, task: Task) -> base.RunOutput:
     telemetry = rec.frame()
     last = telemetry[(telemetry.scope == MODEL_SCOPE) & (telemetry.step == end)].set_index("metric")["value"]
     record = {"accuracy": acc, "trainable_params": int(trainable), "total_params": int(total), "steps": end,
-              "n_test": len(test_scored), "memorisation_warnings": len(rec.warnings)}
+              "n_test": len(test_scored), "memorisation_warnings": len(rec.warnings), "scoring_cpu_seconds": scoring}
     record |= {k: float(last.get(k, math.nan)) for k in RUN_COLUMNS[1:]}
     labels = getattr(enc_test, "labels", None)
     if isinstance(labels, torch.Tensor) and labels.ndim == 1:  # a classifier: the majority-class baseline
@@ -269,10 +272,6 @@ class Comparison:
         acc = {c: mean_spread(runs[runs.condition == c].accuracy * 100, "{:.1f}") for c in (self.a, self.b)}
         return (f"{self.a} {acc[self.a]} % vs {self.b} {acc[self.b]} %: Δ {100 * self.diff:+.1f} ± "
                 f"{100 * self.se:.1f} pt")
-
-    def budgets(self, rp: FamilyReportParams) -> list[Budget]:
-        return [Budget("seeds per configuration (fewest)", self.seeds, rp.min_seeds),
-                Budget("scored test examples per run", self.n_test, rp.min_test_examples)]
 
 
 def accuracy_se(acc: pd.Series, n_test: float) -> float:
@@ -353,6 +352,19 @@ def grid_frame(configs: pd.DataFrame, value: str = "accuracy") -> pd.DataFrame:
     return pd.DataFrame(rows).pivot(index="r", columns="alpha_over_r", values=value).sort_index(ascending=False)
 
 
+def cost_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration: runs, mean CPU seconds per run and of it the scoring (greedy decoding or
+    arg-max), and the stage's total; from ``runs.parquet`` (timing is not a metric: it varies by machine)."""
+    cols = [c for c in ("cpu_seconds", "scoring_cpu_seconds") if c in summary]
+    t = summary.groupby("condition", sort=False)[cols].agg(["count", "mean"]) if cols else pd.DataFrame()
+    if t.empty:
+        return t
+    out = pd.DataFrame({"runs": t[(cols[0], "count")]} | {f"{c} per run": t[(c, "mean")] for c in cols})
+    total = summary[cols].sum()
+    out.loc["all runs (sum)"] = [len(summary)] + [float(total[c]) for c in cols]
+    return out.round(1)
+
+
 def monitor_table(tuned: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """Per run: final ppl ratio, whether the monitor warns, accuracy."""
     t = tuned[["run", "condition", "seed", "ppl_ratio", "accuracy"]].copy()
@@ -378,12 +390,46 @@ def _combine(*values: bool | None) -> bool | None:
     return None if any(v is None for v in values) else all(values)
 
 
-def _budgets(*cs: Comparison, rp: FamilyReportParams) -> list[Budget]:
+def reference(a: Analysis) -> tuple[str, float]:
+    """What an untrained run scores: the better of the zero-shot accuracy and the majority-class share
+    of the scored test examples (a classifier's trivial answer); ("none", nan) when neither was measured."""
+    zs = a.summary[a.summary.condition == ZERO_SHOT].accuracy if "condition" in a.summary else pd.Series(dtype=float)
+    refs = {"zero-shot": float(zs.mean()) if len(zs) else math.nan}
+    if "majority_share" in a.summary and len(a.summary):
+        refs["majority class"] = float(a.summary.majority_share.iloc[0])
+    refs = {k: v for k, v in refs.items() if np.isfinite(v)}
+    return max(refs.items(), key=lambda kv: kv[1]) if refs else ("none", math.nan)
+
+
+def learned(a: Analysis, name: str, z: float) -> bool:
+    """Every run of configuration ``name`` beats the untrained :func:`reference` by more than ``z`` binomial
+    standard errors of the difference, √(p(1−p)/n + p₀(1−p₀)/n): each run left the untrained answer
+    (the seed spread is for comparing configurations, not for this)."""
+    g = a.tuned[a.tuned.condition == name] if "condition" in a.tuned else a.tuned.iloc[0:0]
+    _, ref = reference(a)
+    if not len(g) or not np.isfinite(ref):
+        return False
+    se = np.sqrt((g.accuracy * (1 - g.accuracy) + ref * (1 - ref)) / g.n_test)
+    return bool(((g.accuracy - ref) > z * se).all())
+
+
+def learned_budget(a: Analysis, names: Sequence[str], z: float) -> Budget:
+    """A comparison of configurations means something only when each of them learned the task: a run
+    stuck at the untrained answer cannot show which configuration generalises better."""
+    kind, ref = reference(a)
+    names = list(dict.fromkeys(names))
+    return Budget(f"compared configurations that learned (> {kind} {100 * ref:.1f} % by {z:g} SE)",
+                  sum(learned(a, n, z) for n in names), len(names))
+
+
+def budgets(a: Analysis, *cs: Comparison, rp: FamilyReportParams) -> list[Budget]:
+    """Seeds, scored examples and :func:`learned_budget` of the configurations the comparisons ran."""
     present = [c for c in cs if c.present]
     if not present:
         return []
     return [Budget("seeds per configuration (fewest)", min(c.seeds for c in present), rp.min_seeds),
-            Budget("scored test examples per run", min(c.n_test for c in present), rp.min_test_examples)]
+            Budget("scored test examples per run", min(c.n_test for c in present), rp.min_test_examples),
+            learned_budget(a, [n for c in present for n in (c.a, c.b)], rp.z)]
 
 
 def find_alpha(a: Analysis, rp: FamilyReportParams, claim: str) -> dict[str, str]:
@@ -393,7 +439,7 @@ def find_alpha(a: Analysis, rp: FamilyReportParams, claim: str) -> dict[str, str
     gap = {n: mean_spread(a.tuned[a.tuned.condition == n].ppl_ratio) for n in ("baseline", "low_alpha")}
     return judged(claim, f"{c32.text(a.tuned)}; {c8.text(a.tuned)}; ppl ratio baseline {gap['baseline']}, "
                   f"low_alpha {gap['low_alpha']}; stable rank {_sr(a, 'baseline')}, {_sr(a, 'low_alpha')}",
-                  holds, f"both r: low α/r better by > {rp.z:g} SE", _budgets(c32, c8, rp=rp))
+                  holds, f"both r: low α/r better by > {rp.z:g} SE", budgets(a, c32, c8, rp=rp))
 
 
 def find_lr(a: Analysis, rp: FamilyReportParams, claim: str) -> dict[str, str]:
@@ -403,13 +449,13 @@ def find_lr(a: Analysis, rp: FamilyReportParams, claim: str) -> dict[str, str]:
     holds = _combine(better(lr, rp.z), (not better(comparison(a.tuned, "low_alpha", "baseline_lr5e5"), rp.z))
                      if vs.present else None)
     return judged(claim, f"{lr.text(a.tuned)}; {vs.text(a.tuned)}", holds,
-                  f"lower LR better than baseline by > {rp.z:g} SE and not worse than low α/r", _budgets(lr, alpha, vs, rp=rp))
+                  f"lower LR better than baseline by > {rp.z:g} SE and not worse than low α/r", budgets(a, lr, alpha, vs, rp=rp))
 
 
 def find_alpha_at_low_lr(a: Analysis, rp: FamilyReportParams, claim: str) -> dict[str, str]:
     """At LR 5e-5, attention r = 8 with α/r 1.0 and 0.25 agree."""
     c = comparison(a.tuned, "attn_r8_lr5e5", "attn_r8_low_alpha_lr5e5")
-    return judged(claim, c.text(a.tuned), same(c, rp.z), f"|Δ| within {rp.z:g} SE", _budgets(c, rp=rp), absence=True)
+    return judged(claim, c.text(a.tuned), same(c, rp.z), f"|Δ| within {rp.z:g} SE", budgets(a, c, rp=rp), absence=True)
 
 
 def find_stable_rank(a: Analysis, rp: FamilyReportParams, claim: str) -> dict[str, str]:
@@ -422,12 +468,13 @@ def find_stable_rank(a: Analysis, rp: FamilyReportParams, claim: str) -> dict[st
     else:
         holds = bool(sr["baseline"] > sr["low_alpha"] > sr["baseline_lr5e5"] and assoc["rho_accuracy"] < 0)
     seeds = int(a.tuned.groupby("condition").size().min()) if len(a.tuned) else 0
-    budgets = [Budget("configurations ranked", assoc["configs"], 4), Budget("seeds per configuration (fewest)", seeds,
-                                                                             rp.min_seeds)]
+    ranked = a.configs[a.configs.config != ZERO_SHOT].config
+    needs = [Budget("configurations ranked", assoc["configs"], 4),
+             Budget("seeds per configuration (fewest)", seeds, rp.min_seeds), learned_budget(a, ranked, rp.z)]
     return judged(claim, f"stable rank {_sr(a, 'baseline')}, {_sr(a, 'low_alpha')}, {_sr(a, 'baseline_lr5e5')}; "
                   f"Spearman ρ(stable rank, accuracy) over {assoc['configs']:.0f} configurations "
                   f"{assoc['rho_accuracy']:.2f}, ρ(stable rank, ppl ratio) {assoc['rho_ppl_ratio']:.2f}",
-                  holds, "order baseline > low α/r > low LR and ρ(stable rank, accuracy) < 0", budgets)
+                  holds, "order baseline > low α/r > low LR and ρ(stable rank, accuracy) < 0", needs)
 
 
 def find_attention(a: Analysis, rp: FamilyReportParams, claim: str) -> dict[str, str]:
@@ -436,7 +483,7 @@ def find_attention(a: Analysis, rp: FamilyReportParams, claim: str) -> dict[str,
     mlp_worst = (not better(comparison(a.tuned, "mlp_only", "baseline"), rp.z)) if mlp.present else None
     return judged(claim, f"{att.text(a.tuned)}; {mlp.text(a.tuned)}", _combine(better(att, rp.z), mlp_worst),
                   f"attention-only better than all by > {rp.z:g} SE, MLP-only not better than all",
-                  _budgets(att, mlp, rp=rp))
+                  budgets(a, att, mlp, rp=rp))
 
 
 def find_r8(a: Analysis, rp: FamilyReportParams, claim: str) -> dict[str, str]:
@@ -448,7 +495,7 @@ def find_r8(a: Analysis, rp: FamilyReportParams, claim: str) -> dict[str, str]:
     u = a.tuned[a.tuned.r == 32].utilization if "r" in a.tuned else pd.Series(dtype=float)
     return judged(claim, f"{c1.text(a.tuned)}; {c2.text(a.tuned)}; utilization of r 32 adapters "
                   f"{mean_spread(u * 100, '{:.1f}')} %", holds, f"r 8 not worse than r 32 by > {rp.z:g} SE",
-                  _budgets(c1, c2, rp=rp), absence=True)
+                  budgets(a, c1, c2, rp=rp), absence=True)
 
 
 def find_monitor(a: Analysis, rp: FamilyReportParams, claim: str) -> dict[str, str]:
@@ -477,7 +524,7 @@ def find_restraint(a: Analysis, rp: FamilyReportParams, claim: str) -> dict[str,
     said = "; ".join(f"{k}: Δ {100 * c.diff:+.1f} ± {100 * c.se:.1f} pt" if c.present else f"{k}: not run"
                      for k, c in cs.items())
     return judged(claim, f"vs baseline — {said}", holds, f"no lever worse, ≥ 1 better by > {rp.z:g} SE",
-                  _budgets(*cs.values(), rp=rp))
+                  budgets(a, *cs.values(), rp=rp))
 
 
 SHARED = {"alpha": find_alpha, "lr": find_lr, "alpha_at_low_lr": find_alpha_at_low_lr,
@@ -499,7 +546,10 @@ def family_metrics(a: Analysis, p: FamilyReportParams) -> dict:
     m = monitor_table(a.tuned, p.memorisation_ratio)
     zs = a.summary[a.summary.condition == ZERO_SHOT].accuracy
     maj = a.summary.majority_share.iloc[0] if "majority_share" in a.summary and len(a.summary) else None
+    kind, ref = reference(a)
     return {"configs": per, "zero_shot_accuracy": float(zs.mean()) if len(zs) else None, "majority_share": maj,
+            "reference": {"kind": kind, "accuracy": ref},
+            "learned": {c: learned(a, c, p.z) for c in a.configs.config if c != ZERO_SHOT},
             "tuned_accuracy_max": float(a.configs[a.configs.config != ZERO_SHOT].accuracy.max()),
             "monitor": {"flagged_runs": int(m.flagged.sum()), "runs": len(m)},
             "stable_rank_association": stable_rank_association(a)}

@@ -24,6 +24,7 @@ from pathlib import Path
 from pydantic import Field
 
 from gradience.lora import finetune as ft
+from gradience.reporting import judged
 from gradience.studies import base
 from gradience.studies import lora_family as lf
 from gradience.tasks import gsm
@@ -86,8 +87,25 @@ analyse = lf.analyse
 curves = lf.curves
 
 
+UNIVERSAL = "attn_r8_lr5e5"  # Part V's "universal efficient config" for a hard task
+
+
+def find_universal(a: lf.Analysis, p: ReportParams) -> dict[str, str]:
+    """Part V's decision tree for a hard task: attention-only, r 8, LR 5e-5 — no configuration beats it by
+    more than z SE (an absence claim: a short or tiny run grants it vacuously, so its budgets must hold)."""
+    others = [c for c in a.configs.config if c not in (UNIVERSAL, lf.ZERO_SHOT)]
+    cs = [lf.comparison(a.tuned, c, UNIVERSAL) for c in others]
+    present = [c for c in cs if c.present]
+    beaten = [c.a for c in present if lf.better(c, p.z)]
+    best = max(present, key=lambda c: c.diff) if present else None
+    measured = (f"{UNIVERSAL} vs the best other ({best.text(a.tuned)}); beaten by > {p.z:g} SE: "
+                f"{', '.join(beaten) or 'none'}" if best else f"{UNIVERSAL}: not run in this profile")
+    return judged("lora_gsm8k.universal_config", measured, (not beaten) if best else None,
+                  f"no configuration beats {UNIVERSAL} by > {p.z:g} SE", lf.budgets(a, *present, rp=p), absence=True)
+
+
 def findings(a: lf.Analysis, p: ReportParams) -> list[dict[str, str]]:
-    return lf.shared_findings(a, p, CLAIMS)
+    return lf.shared_findings(a, p, CLAIMS) + [find_universal(a, p)]
 
 
 def metrics(a: lf.Analysis, p: ReportParams) -> dict:

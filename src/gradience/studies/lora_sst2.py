@@ -101,14 +101,14 @@ def find_seed_table(a: lf.Analysis, p: ReportParams) -> list[dict[str, str]]:
     budgets = [Budget("seed SST-2 configurations run", len(have), len(SEED_SST2)),
                Budget("seeds per configuration (fewest)", float(c.loc[have, "seeds"].min()) if have else 0, p.min_seeds),
                Budget("scored test examples per run", float(a.tuned.n_test.min()) if len(a.tuned) else 0,
-                      p.min_test_examples)]
+                      p.min_test_examples), lf.learned_budget(a, have, p.z)]
     acc = "; ".join(f"{k} {mean_spread(a.tuned[a.tuned.condition == k].accuracy * 100, '{:.1f}')} %" for k in have)
     seed4 = c.loc[have]
     spread = float(seed4.accuracy.max() - seed4.accuracy.min()) if len(seed4) else float("nan")
     rows = [judged("lora_sst2.any_config_works",
                    f"{acc}; best − worst of the seed's {len(seed4)} configurations {100 * spread:.1f} pt",
                    bool(spread <= p.easy_spread) if len(seed4) > 1 else None,
-                   f"every configuration within {100 * p.easy_spread:.0f} pt of the best", budgets)]
+                   f"every configuration within {100 * p.easy_spread:.0f} pt of the best", budgets, absence=True)]
     top = None
     if "baseline_lr5e5" in c.index and len(have) > 1:
         others = [k for k in have if k != "baseline_lr5e5"]
@@ -118,7 +118,7 @@ def find_seed_table(a: lf.Analysis, p: ReportParams) -> list[dict[str, str]]:
     cmp = lf.comparison(a.tuned, "baseline_lr5e5", "attn_r8_lr5e5")
     rows.append(judged("lora_sst2.attn_r8_efficient", cmp.text(a.tuned),
                        (not lf.better(cmp, p.z)) if cmp.present else None,
-                       f"attn_r8_lr5e5 within {p.z:g} SE of baseline_lr5e5", cmp.budgets(p), absence=True))
+                       f"attn_r8_lr5e5 within {p.z:g} SE of baseline_lr5e5", lf.budgets(a, cmp, rp=p), absence=True))
     return rows
 
 

@@ -23,6 +23,18 @@ Conditions: one per weight decay of ``weight_decays`` (the sweep; ``main_decay``
 condition) and, when ``removal_at`` > 0, ``removal``: ``main_decay`` until step ``removal_at``,
 then λ = 0 for the rest of the run.
 
+The fit is train accuracy ≥ ``fit_acc``. In this setup it is not delayed generalisation: in the
+default-profile runs the λ = 0 control reaches test accuracy ≈ 1 too, with no grokking delay (the
+notebook shows it per run), so the seed's "at grokking" reads "at the fit" here.
+
+Budgets (:func:`gradience.reporting.judged`): the claims about the post-fit weight-decay
+compression phase (two phases, perturbation-flat, re-encoded probes, classes) need, besides seeds
+and steps after the fit, the decay clock lr·λ·(steps after the fit) ≥ ``min_decay_clock`` on every
+fitted main-condition seed (:func:`decay_clock`; decay alone shrinks θ by exp(−clock), so a shorter
+run shows neither compression nor its absence); the removal claim needs that clock between the fit
+and ``removal_at``, and ``min_post_steps`` after the removal. Short of a budget the verdict is "not
+comparable", never "not reproduced".
+
 Not done here (stated in the notebook): SCAN (the encoder–decoder arm), the gap-flow equation's
 prediction of the classes, Fourier analysis.
 """
@@ -100,7 +112,8 @@ class RunParams(base.RunParams):
 
 
 class ReportParams(base.ReportParams):
-    fit_acc: float = Field(default=0.99, gt=0, le=1, description="train accuracy that marks the fit ('grokking')")
+    fit_acc: float = Field(default=0.99, gt=0, le=1, description="train accuracy that marks the fit (the "
+                         "seed's 'grokking' point)")
     gradient_driven: float = Field(default=0.5, gt=0, lt=1, description="edge_grad_energy above: gradient-driven")
     gap_min: float = Field(default=1.5, ge=1, description="edge dominance: median σ1/σ2 at least this")
     ablation_min: float = Field(default=4000.0, gt=1, description="the seed's ratio (> 4000×)")
@@ -112,6 +125,11 @@ class ReportParams(base.ReportParams):
                                               "≤ lo compression, ≥ hi functional, else mixed")
     min_seeds: int = Field(default=3, ge=1)
     min_post_steps: int = Field(default=100, ge=1, description="steps after the fit a late-phase claim needs")
+    min_decay_clock: float = Field(default=1.0, gt=0, description=(
+        "lr·λ·(steps after the fit) a claim about the post-fit compression phase needs. AdamW's decoupled decay "
+        "alone shrinks θ by exp(−lr·λ·t), so below 1 (one e-fold) decay has barely acted after the fit and a "
+        "run cannot show compression, nor its absence; steps alone do not say this (at lr 1e-3, λ 1, 200 steps "
+        "after the fit are a factor exp(−0.2))"))
 
 
 DATA: tuple[str, ...] = ()
@@ -217,6 +235,12 @@ def fit_step(g: pd.DataFrame, fit_acc: float) -> float:
     return float(hit.iloc[0]) if len(hit) else float("nan")
 
 
+def decay_clock(per_run: pd.DataFrame, lr: float, until: pd.Series | float) -> pd.Series:
+    """lr · λ · (until − fit_step) per run (columns ``weight_decay``, ``fit_step``): the decoupled-decay exponent
+    accumulated after the fit (decay alone shrinks θ by exp(−clock)); NaN where the run never fit, 0 when until ≤ fit."""
+    return lr * per_run["weight_decay"] * (until - per_run["fit_step"]).clip(lower=0)
+
+
 def classify(grad_energy: float, bounds: tuple[float, float]) -> str:
     lo, hi = bounds
     if not np.isfinite(grad_energy):
@@ -252,6 +276,11 @@ def analyse(tables: base.Tables, p: ReportParams) -> Analysis:
             "ablation_loss_ratio": edge._ratio(abs(e.loss - e.base_loss), float((r.loss - r.base_loss).abs().mean())),
         })
     per_run = pd.DataFrame(rows)
+    decays = {condition_name(w): w for w in rp.weight_decays} | {"removal": rp.main_decay}
+    per_run["weight_decay"] = per_run.condition.map(decays)
+    removal, last = per_run.condition == "removal", per_run.fit_step + per_run.post_steps
+    per_run["decay_clock_post"] = decay_clock(per_run, rp.lr, last.where(~removal, last.clip(upper=rp.removal_at)))
+    per_run["decay_clock_at_removal"] = decay_clock(per_run, rp.lr, rp.removal_at).where(removal)
     per_run["edge_class"] = [classify(x, p.class_bounds) for x in per_run["grad_energy_post"]]
     return Analysis(wide, per_run, tables.perturbation, tables.ablation, rp)
 
@@ -268,13 +297,15 @@ def findings(a: Analysis, p: ReportParams) -> list[dict]:
     post_ok = float(fitted.post_steps.min()) if n_fit else 0.0
     seeds = [Budget("main-condition seeds that fit", n_fit, p.min_seeds),
              Budget("steps after the fit", post_ok, p.min_post_steps)]
+    clock = Budget("lr·wd·steps after the fit", float(fitted.decay_clock_post.min()) if n_fit else 0.0,
+                   p.min_decay_clock)
     out = []
     two = (fitted.grad_energy_pre > p.gradient_driven) & (fitted.grad_energy_post < p.gradient_driven)
     out.append(judged("spectral_edge.two_phases",
                       f"gradient share of the edge's energy before fit {_fmt(fitted.grad_energy_pre)}, "
                       f"late after fit {_fmt(fitted.grad_energy_post)}; {int(two.sum())}/{n_fit} seeds switch",
                       bool(two.mean() > 0.5) if n_fit else None,
-                      f"holds when most fitted seeds are > {p.gradient_driven} before and < after", seeds))
+                      f"holds when most fitted seeds are > {p.gradient_driven} before and < after", [*seeds, clock]))
     out.append(judged("spectral_edge.edge_dominance", f"median σ1/σ2 of the update Gram {_fmt(main.gap_median)}",
                       bool(main.gap_median.median() >= p.gap_min) if len(main) else None,
                       f"holds when the median over seeds is ≥ {p.gap_min}", seeds[:1]))
@@ -284,7 +315,7 @@ def findings(a: Analysis, p: ReportParams) -> list[dict]:
     r = big[big.direction != "edge"].dloss.abs().mean()
     out.append(judged("spectral_edge.perturbation_flat",
                       f"|ΔL| at ‖δθ‖={big.eps.abs().max():g}: edge {e:.3g}, random {r:.3g}",
-                      bool(e <= r) if len(big) else None, "holds when the edge's |ΔL| ≤ the random mean", seeds))
+                      bool(e <= r) if len(big) else None, "holds when the edge's |ΔL| ≤ the random mean", [*seeds, clock]))
     out.append(judged("spectral_edge.ablation_critical",
                       f"ablation loss ratio edge/random {_fmt(main.ablation_loss_ratio, 0)}",
                       bool(main.ablation_loss_ratio.median() > p.ablation_min) if len(main) else None,
@@ -293,31 +324,35 @@ def findings(a: Analysis, p: ReportParams) -> list[dict]:
                       f"final R²: linear {_fmt(main.r2_linear)}, quadratic {_fmt(main.r2_quadratic)}, MLP {_fmt(main.r2_mlp)}",
                       bool((main.r2_mlp.median() >= p.mlp_r2_min)
                            and (main.r2_mlp - main.r2_linear).median() >= p.linear_gap_min) if len(main) else None,
-                      f"holds when MLP R² ≥ {p.mlp_r2_min} and exceeds linear by ≥ {p.linear_gap_min}", seeds))
+                      f"holds when MLP R² ≥ {p.mlp_r2_min} and exceeds linear by ≥ {p.linear_gap_min}", [*seeds, clock]))
     rem = a.per_run[a.per_run.condition == "removal"]
     gain = rem.r2_linear - rem.r2_linear_at_removal
     drop = rem.test_acc_at_removal - rem.final_test_acc
+    rem_clock = rem.decay_clock_at_removal.dropna()
     out.append(judged("spectral_edge.wd_removal",
                       f"linear R² {_fmt(rem.r2_linear_at_removal)} → {_fmt(rem.r2_linear)}; "
                       f"test acc {_fmt(rem.test_acc_at_removal)} → {_fmt(rem.final_test_acc)}",
                       bool(gain.median() >= p.recover_min and drop.median() <= p.acc_drop_max) if len(rem) else None,
                       f"holds when the gain ≥ {p.recover_min} and the accuracy drop ≤ {p.acc_drop_max}",
                       [Budget("removal-arm seeds", len(rem), p.min_seeds),
-                       Budget("removal after the fit (seeds)", int((rem.fit_step < rp.removal_at).sum()), p.min_seeds)]))
+                       Budget("removal after the fit (seeds)", int((rem.fit_step < rp.removal_at).sum()), p.min_seeds),
+                       Budget("lr·wd·steps from the fit to the removal", float(rem_clock.min()) if len(rem_clock) else 0.0,
+                              p.min_decay_clock),
+                       Budget("steps after the removal", rp.steps - rp.removal_at, p.min_post_steps)]))
     by = a.per_run.groupby("condition").edge_class.agg(lambda s: s.mode().iloc[0])
     main_class = by.get(condition_name(rp.main_decay), "none")
     out.append(judged("spectral_edge.classes",
                       "; ".join(f"{c}: {k}" for c, k in by.items()),
                       main_class in ("functional", "mixed") if main_class != "none" else None,
                       "Dyck-1 (low redundancy) should be functional or mixed at the main decay; SCAN and the "
-                      "gap-flow prediction not run", [*seeds, Budget("tasks (SCAN not run)", 1, 2)]))
+                      "gap-flow prediction not run", [*seeds, clock, Budget("tasks (SCAN not run)", 1, 2)]))
     return out
 
 
 def metrics(a: Analysis, p: ReportParams) -> dict:
     out = {}
     for cond, g in a.per_run.groupby("condition"):
-        out[cond] = {k: float(g[k].median()) for k in ("fit_step", "grad_energy_pre", "grad_energy_post", "gap_median",
+        out[cond] = {k: float(g[k].median()) for k in ("fit_step", "decay_clock_post", "grad_energy_pre", "grad_energy_post", "gap_median",
                                                         "final_test_acc", "r2_linear", "r2_mlp", "ablation_loss_ratio")
                      if np.isfinite(g[k].median())}
     return out
