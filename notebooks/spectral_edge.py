@@ -30,7 +30,13 @@
 #
 # **The fit is not grokking here.** The fit is train accuracy ≥ `fit_acc`. In this setup it is not
 # delayed generalisation: the λ = 0 control reaches test accuracy ≈ 1 too (its row below), so there
-# is no grokking delay and the seed's "at grokking" reads "at the fit" throughout.
+# is no grokking delay and the seed's "at grokking" reads "at the fit" throughout. The claims about
+# the phases around grokking (two phases, perturbation-flat, re-encoded probes, weight-decay
+# removal) therefore carry the budget "grokking delay": the step where test accuracy reaches
+# `fit_acc` divided by the step where train accuracy does (`grok_delay` per run), at least
+# `min_grok_delay`. Without a delay these runs cannot show those phases, and the verdict is "not
+# comparable", not "not reproduced". The removal claim also needs headroom: a linear probe
+# already at R² ≈ 1 at the removal has nothing to restore.
 #
 # **The decay clock.** AdamW's decoupled decay alone shrinks θ by exp(−lr·λ·t), so the compression
 # phase after the fit is measured on the clock lr·λ·(steps after the fit) (`decay_clock_post` in the
@@ -115,7 +121,8 @@ plots.save(g.figure, out_dir, "probes")
 # Verdicts from `gradience.studies.spectral_edge.findings` with `reporting.judged`: "not reproduced"
 # only where every budget was met (seeds that fit, steps after the fit, the decay clock
 # lr·λ·steps after the fit — for the removal arm from the fit to the removal —, steps after the
-# removal, removal after the fit, tasks), otherwise "not comparable" naming the budget. The seed column comes from the claim registry.
+# removal, removal after the fit, the grokking delay, the linear probe's headroom at the removal,
+# tasks), otherwise "not comparable" naming the budget. The seed column comes from the claim registry.
 
 # %%
 table = base.write_report(stage, a, P, out_dir)

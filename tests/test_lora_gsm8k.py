@@ -113,7 +113,8 @@ def test_paper_path_end_to_end_on_tiny_mistral(tiny, tmp_path):
     assert runs.loc["baseline/s0", "ppl_ratio"] == pytest.approx(last.ppl_ratio)
     assert set(a.modules.kind) == set(ad.DECODER_TARGETS["all"])
     rows = study.findings(a, p.report)
-    assert [r["id"] for r in rows] == list(study.CLAIMS.values()) and {r["verdict"] for r in rows} <= set(VERDICTS)
+    assert [r["id"] for r in rows] == [*study.CLAIMS.values(), "lora_gsm8k.universal_config"]
+    assert {r["verdict"] for r in rows} <= set(VERDICTS)
     table = base.write_report(STAGE, a, p.report, tmp_path)
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["zero_shot_accuracy"] == 0.0 and set(m["configs"]) == {"zero_shot", "baseline", "attn_r8_lr5e5", "mlp_only"}
@@ -125,4 +126,6 @@ def test_same_params_and_seed_give_the_same_telemetry(tiny):
     job = [j for j in study.jobs(p.runs, str(tiny / "data")) if j.condition == "baseline"][0]
     a, b = study.run_one(job), study.run_one(job)
     pd.testing.assert_frame_equal(a.tables["telemetry"], b.tables["telemetry"])
-    assert a.record == b.record and np.isfinite(a.record["lora_stable_rank"])
+    timing = {"scoring_cpu_seconds"}  # CPU time is measured, not reproducible
+    assert {k: v for k, v in a.record.items() if k not in timing} == {k: v for k, v in b.record.items() if k not in timing}
+    assert np.isfinite(a.record["lora_stable_rank"]) and a.record["scoring_cpu_seconds"] > 0

@@ -56,7 +56,8 @@ def test_fit_step_and_classes():
     assert [se.classify(x, (0.3, 0.7)) for x in (0.1, 0.5, 0.9, np.nan)] == ["compression", "mixed", "functional", "none"]
 
 
-def _synthetic(two_phase: bool, recover: bool, seeds=(0, 1, 2), flat: bool = True, lr: float = 0.05) -> base.Tables:
+def _synthetic(two_phase: bool, recover: bool, seeds=(0, 1, 2), flat: bool = True, lr: float = 0.05,
+               test_fit: int = 120) -> base.Tables:
     """Main condition: fit at step 50 of 200; gradient share 0.99 before, 0.1 (or 0.9) after; the edge's |ΔL| 0.001
     (or 0.1) vs random 0.01, 0.02. At lr 0.05, λ 1 the decay clock is 7.5 after the fit, 2.5 from the fit to the
     removal (step 100)."""
@@ -67,7 +68,8 @@ def _synthetic(two_phase: bool, recover: bool, seeds=(0, 1, 2), flat: bool = Tru
             for step in range(0, 201, 10):
                 acc = 0.5 if step < 50 else 1.0
                 ge = 0.99 if step < 50 else (0.1 if two_phase else 0.9)
-                vals = {"train_acc": acc, "test_acc": acc, "edge_grad_energy": ge, "edge_gap": 3.0}
+                test_acc = 0.5 if step < test_fit else 1.0  # grokking delay test_fit / 50
+                vals = {"train_acc": acc, "test_acc": test_acc, "edge_grad_energy": ge, "edge_gap": 3.0}
                 if step % 100 == 0:
                     lin = 0.99 if (cond == "removal" and recover and step == 200) else 0.86
                     vals |= {"probe_r2_linear": lin, "probe_r2_quadratic": 0.9, "probe_r2_mlp": 0.99}
@@ -103,6 +105,17 @@ def test_findings_on_synthetic_tables():
     assert np.allclose(clock.loc["removal", "decay_clock_post"], 0.05 * 50)  # λ = 0 after removal_at = 100
     assert np.allclose(clock.loc["removal", "decay_clock_at_removal"], 0.05 * 50)
     assert clock.loc["wd1", "decay_clock_at_removal"].isna().all()
+    assert np.allclose(a.per_run.grok_delay, 120 / 50)
+
+
+def test_no_grokking_delay_or_no_headroom_is_not_comparable():
+    v, a = _verdicts(_synthetic(two_phase=False, recover=False, flat=False, test_fit=50))  # test fits with train
+    assert np.allclose(a.per_run.grok_delay, 1.0)
+    for claim in ("two_phases", "perturbation_flat", "wd_removal"):
+        assert v[claim] == "not comparable", claim
+    why = {r["id"].split(".")[1]: r["why"] for r in se.findings(a, se.ReportParams())}
+    assert "grokking delay: test-fit ÷ train-fit step (fewest seeds) 1 (needs ≥ 2)" in why["two_phases"]
+    assert v["ablation_critical"] == "reproduced"  # not a claim about the phases
 
 
 def test_findings_negative_and_short_budget():
@@ -135,3 +148,11 @@ def test_short_decay_clock_is_not_comparable_not_not_reproduced():
     assert "lr·wd·steps from the fit to the removal 0.05" in rows["wd_removal"]
     v, _ = _verdicts(_synthetic(two_phase=False, recover=False, flat=False, lr=1e-3), min_decay_clock=0.1)
     assert v["perturbation_flat"] == "not reproduced" and v["wd_removal"] == "not comparable"
+
+
+def test_removal_needs_linear_probe_headroom():
+    _, a = _verdicts(_synthetic(two_phase=True, recover=False))
+    assert {r["id"]: r["verdict"] for r in se.findings(a, se.ReportParams())}["spectral_edge.wd_removal"] == "not reproduced"
+    a.per_run.loc[a.per_run.condition == "removal", "r2_linear_at_removal"] = 0.99  # nothing left to restore
+    row = {r["id"]: r for r in se.findings(a, se.ReportParams())}["spectral_edge.wd_removal"]
+    assert row["verdict"] == "not comparable" and "headroom at the removal, 1 − R² (fewest seeds) 0.01" in row["why"]

@@ -25,7 +25,10 @@ then λ = 0 for the rest of the run.
 
 The fit is train accuracy ≥ ``fit_acc``. In this setup it is not delayed generalisation: in the
 default-profile runs the λ = 0 control reaches test accuracy ≈ 1 too, with no grokking delay (the
-notebook shows it per run), so the seed's "at grokking" reads "at the fit" here.
+notebook shows it per run), so the seed's "at grokking" reads "at the fit" here. The claims about
+the phases around grokking need a grokking delay (test-fit step ÷ train-fit step ≥
+``min_grok_delay``), and the removal claim a linear probe with headroom (1 − R² ≥ ``recover_min``
+at the removal); without them the runs cannot show the effect ("not comparable").
 
 Budgets (:func:`gradience.reporting.judged`): the claims about the post-fit weight-decay
 compression phase (two phases, perturbation-flat, re-encoded probes, classes) need, besides seeds
@@ -125,6 +128,9 @@ class ReportParams(base.ReportParams):
                                               "≤ lo compression, ≥ hi functional, else mixed")
     min_seeds: int = Field(default=3, ge=1)
     min_post_steps: int = Field(default=100, ge=1, description="steps after the fit a late-phase claim needs")
+    min_grok_delay: float = Field(default=2.0, gt=1, description=(
+        "test-fit step ÷ train-fit step (both at fit_acc) a claim about the phases around grokking needs: "
+        "grokking is generalisation well after the training set is fitted; 2 reads it as at least twice as late"))
     min_decay_clock: float = Field(default=1.0, gt=0, description=(
         "lr·λ·(steps after the fit) a claim about the post-fit compression phase needs. AdamW's decoupled decay "
         "alone shrinks θ by exp(−lr·λ·t), so below 1 (one e-fold) decay has barely acted after the fit and a "
@@ -229,9 +235,9 @@ class Analysis:
     params: object  # the run params
 
 
-def fit_step(g: pd.DataFrame, fit_acc: float) -> float:
-    """First step whose train accuracy reaches ``fit_acc`` (NaN when never)."""
-    hit = g.loc[g["train_acc"] >= fit_acc, "step"]
+def fit_step(g: pd.DataFrame, fit_acc: float, column: str = "train_acc") -> float:
+    """First step whose ``column`` accuracy reaches ``fit_acc`` (NaN when never)."""
+    hit = g.loc[g[column] >= fit_acc, "step"]
     return float(hit.iloc[0]) if len(hit) else float("nan")
 
 
@@ -265,6 +271,7 @@ def analyse(tables: base.Tables, p: ReportParams) -> Analysis:
         e, r = a[a.direction == "edge"].iloc[0], a[a.direction != "edge"]
         rows.append({
             "run": run, "condition": cond, "seed": seed, "fit_step": fs, "post_steps": g.step.max() - fs,
+            "test_fit_step": fit_step(g, p.fit_acc, "test_acc"),
             "grad_energy_pre": pre["edge_grad_energy"].median(), "grad_energy_post": post["edge_grad_energy"].median(),
             "gap_median": g.loc[g.step >= rp.window, "edge_gap"].median(),
             "final_test_acc": last["test_acc"], "final_train_acc": last["train_acc"],
@@ -276,6 +283,7 @@ def analyse(tables: base.Tables, p: ReportParams) -> Analysis:
             "ablation_loss_ratio": edge._ratio(abs(e.loss - e.base_loss), float((r.loss - r.base_loss).abs().mean())),
         })
     per_run = pd.DataFrame(rows)
+    per_run["grok_delay"] = per_run.test_fit_step / per_run.fit_step.where(per_run.fit_step > 0)
     decays = {condition_name(w): w for w in rp.weight_decays} | {"removal": rp.main_decay}
     per_run["weight_decay"] = per_run.condition.map(decays)
     removal, last = per_run.condition == "removal", per_run.fit_step + per_run.post_steps
@@ -299,13 +307,15 @@ def findings(a: Analysis, p: ReportParams) -> list[dict]:
              Budget("steps after the fit", post_ok, p.min_post_steps)]
     clock = Budget("lr·wd·steps after the fit", float(fitted.decay_clock_post.min()) if n_fit else 0.0,
                    p.min_decay_clock)
+    grok = Budget("grokking delay: test-fit ÷ train-fit step (fewest seeds)",
+                  float(fitted.grok_delay.fillna(0).min()) if n_fit else 0.0, p.min_grok_delay)
     out = []
     two = (fitted.grad_energy_pre > p.gradient_driven) & (fitted.grad_energy_post < p.gradient_driven)
     out.append(judged("spectral_edge.two_phases",
                       f"gradient share of the edge's energy before fit {_fmt(fitted.grad_energy_pre)}, "
                       f"late after fit {_fmt(fitted.grad_energy_post)}; {int(two.sum())}/{n_fit} seeds switch",
                       bool(two.mean() > 0.5) if n_fit else None,
-                      f"holds when most fitted seeds are > {p.gradient_driven} before and < after", [*seeds, clock]))
+                      f"holds when most fitted seeds are > {p.gradient_driven} before and < after", [*seeds, clock, grok]))
     out.append(judged("spectral_edge.edge_dominance", f"median σ1/σ2 of the update Gram {_fmt(main.gap_median)}",
                       bool(main.gap_median.median() >= p.gap_min) if len(main) else None,
                       f"holds when the median over seeds is ≥ {p.gap_min}", seeds[:1]))
@@ -315,7 +325,7 @@ def findings(a: Analysis, p: ReportParams) -> list[dict]:
     r = big[big.direction != "edge"].dloss.abs().mean()
     out.append(judged("spectral_edge.perturbation_flat",
                       f"|ΔL| at ‖δθ‖={big.eps.abs().max():g}: edge {e:.3g}, random {r:.3g}",
-                      bool(e <= r) if len(big) else None, "holds when the edge's |ΔL| ≤ the random mean", [*seeds, clock]))
+                      bool(e <= r) if len(big) else None, "holds when the edge's |ΔL| ≤ the random mean", [*seeds, clock, grok]))
     out.append(judged("spectral_edge.ablation_critical",
                       f"ablation loss ratio edge/random {_fmt(main.ablation_loss_ratio, 0)}",
                       bool(main.ablation_loss_ratio.median() > p.ablation_min) if len(main) else None,
@@ -324,7 +334,7 @@ def findings(a: Analysis, p: ReportParams) -> list[dict]:
                       f"final R²: linear {_fmt(main.r2_linear)}, quadratic {_fmt(main.r2_quadratic)}, MLP {_fmt(main.r2_mlp)}",
                       bool((main.r2_mlp.median() >= p.mlp_r2_min)
                            and (main.r2_mlp - main.r2_linear).median() >= p.linear_gap_min) if len(main) else None,
-                      f"holds when MLP R² ≥ {p.mlp_r2_min} and exceeds linear by ≥ {p.linear_gap_min}", [*seeds, clock]))
+                      f"holds when MLP R² ≥ {p.mlp_r2_min} and exceeds linear by ≥ {p.linear_gap_min}", [*seeds, clock, grok]))
     rem = a.per_run[a.per_run.condition == "removal"]
     gain = rem.r2_linear - rem.r2_linear_at_removal
     drop = rem.test_acc_at_removal - rem.final_test_acc
@@ -338,7 +348,10 @@ def findings(a: Analysis, p: ReportParams) -> list[dict]:
                        Budget("removal after the fit (seeds)", int((rem.fit_step < rp.removal_at).sum()), p.min_seeds),
                        Budget("lr·wd·steps from the fit to the removal", float(rem_clock.min()) if len(rem_clock) else 0.0,
                               p.min_decay_clock),
-                       Budget("steps after the removal", rp.steps - rp.removal_at, p.min_post_steps)]))
+                       Budget("steps after the removal", rp.steps - rp.removal_at, p.min_post_steps),
+                       Budget("linear-probe headroom at the removal, 1 − R² (fewest seeds)",
+                              float((1 - rem.r2_linear_at_removal).min()) if len(rem) else 0.0, p.recover_min),
+                       grok]))
     by = a.per_run.groupby("condition").edge_class.agg(lambda s: s.mode().iloc[0])
     main_class = by.get(condition_name(rp.main_decay), "none")
     out.append(judged("spectral_edge.classes",
@@ -352,7 +365,7 @@ def findings(a: Analysis, p: ReportParams) -> list[dict]:
 def metrics(a: Analysis, p: ReportParams) -> dict:
     out = {}
     for cond, g in a.per_run.groupby("condition"):
-        out[cond] = {k: float(g[k].median()) for k in ("fit_step", "decay_clock_post", "grad_energy_pre", "grad_energy_post", "gap_median",
+        out[cond] = {k: float(g[k].median()) for k in ("fit_step", "grok_delay", "decay_clock_post", "grad_energy_pre", "grad_energy_post", "gap_median",
                                                         "final_test_acc", "r2_linear", "r2_mlp", "ablation_loss_ratio")
                      if np.isfinite(g[k].median())}
     return out
