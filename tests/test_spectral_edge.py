@@ -13,12 +13,16 @@ from gradience.studies import spectral_edge as se
 
 TINY = dict(seeds=[0], length=12, n_train=32, n_test=32, model={"d_model": 8, "n_layers": 1, "n_heads": 2},
             steps=12, weight_decays=[0.0, 1.0], main_decay=1.0, removal_at=6, every=3, probe_every=6,
-            probe_positions=60, eps=[-0.5, 0.5], n_random=2, window=3)
+            probe_positions=60, eps=[-0.5, 0.5], n_random=2, window=3, scan={"steps": 0})
+TINY_SCAN = {"steps": 6, "n_train": 16, "n_test": 8, "batch_size": 4, "every": 3,
+             "model": {"d_model": 8, "n_layers": 1, "n_heads": 2}}
 
 
 @pytest.mark.parametrize("bad", [{"length": 7}, {"length": 8}, {"main_decay": 0.5}, {"weight_decays": [1.0, 1.0]},
                                  {"weight_decays": [-1.0], "main_decay": -1.0}, {"removal_at": 12},
-                                 {"removal_at": 5}, {"model": {"d_model": 9, "n_heads": 2}}, {"window": 1}])
+                                 {"removal_at": 5}, {"model": {"d_model": 9, "n_heads": 2}}, {"window": 1},
+                                 {"scan": {"main_decay": 0.5}}, {"scan": {"n_train": 20000}},
+                                 {"edge_params": "mlp"}, {"grad_clip": -1}])
 def test_params_errors(bad):
     with pytest.raises(ValidationError):
         se.RunParams(**{**TINY, **bad})
@@ -28,13 +32,17 @@ def test_jobs_main_on_every_seed_sweep_on_first():
     p = se.RunParams(**{**TINY, "seeds": [0, 1, 2], "sweep_seeds": 1})
     ids = [j.run_id for j in se.jobs(p, "data")]
     assert ids == ["wd0/s0", "wd1/s0", "wd1/s1", "wd1/s2", "removal/s0", "removal/s1", "removal/s2"]
-    assert [j.spec for j in se.jobs(p, "data")][-1] == 1.0
+    assert se.jobs(p, "data")[-1].spec == se.Arm("dyck", 1.0, 6)
+    p = se.RunParams(**{**TINY, "seeds": [0, 1, 2], "scan": TINY_SCAN})
+    scan_jobs = [j for j in se.jobs(p, "data") if j.spec.task == "scan"]
+    assert [j.run_id for j in scan_jobs] == ["scan_wd0/s0", "scan_wd1/s0", "scan_wd1/s1", "scan_wd1/s2"]
 
 
 def test_run_one_tiny_removal():
     torch.set_num_threads(1)
     p = se.RunParams(**TINY)
-    out = se.run_one(base.Job(p, "removal", 0, "data", spec=1.0))
+    arm = se.Arm("dyck", 1.0, removal_at=6)
+    out = se.run_one(base.Job(p, "removal", 0, "data", spec=arm))
     t = out.tables["telemetry"].pivot_table(index="step", columns="metric", values="value")
     assert list(t.index) == [0, 3, 6, 9, 12]
     wd = t["adamw_weight_decay"]
@@ -46,8 +54,25 @@ def test_run_one_tiny_removal():
     assert len(a) == 3 and (a.base_acc >= 0).all()
     pert = out.tables["perturbation"]
     assert len(pert) == 2 * 3 and set(pert.eps) == {-0.5, 0.5}
-    again = se.run_one(base.Job(p, "removal", 0, "data", spec=1.0)).tables["telemetry"]
+    four = out.tables["fourier"].set_index("analysis")
+    assert four.loc["positional", "value"].sum() == pytest.approx(1.0) and len(four.loc["positional"]) == 12 // 2 + 1
+    assert four.loc[["attention_kl"], "value"].between(0, 1).all() and len(four.loc[["attention_kl"]]) == 1
+    assert four.loc["depth_share", "value"].sum() == pytest.approx(1.0)
+    assert out.record["edge_params"] < out.record["n_params"]  # the edge lives on the attention matrices
+    again = se.run_one(base.Job(p, "removal", 0, "data", spec=arm)).tables["telemetry"]
     pd.testing.assert_frame_equal(out.tables["telemetry"], again)  # same seed → same telemetry
+
+
+def test_run_one_tiny_scan():
+    torch.set_num_threads(1)
+    p = se.RunParams(**{**TINY, "scan": TINY_SCAN})
+    out = se.run_one(base.Job(p, "scan_wd1", 0, "data", spec=se.Arm("scan", 1.0)))
+    t = out.tables["telemetry"].pivot_table(index="step", columns="metric", values="value")
+    assert list(t.index) == [0, 3, 6]
+    assert {"train_acc", "test_seq_acc", "edge_grad_energy"} <= set(t.columns) and "probe_r2_linear" not in t
+    assert (t.test_seq_acc <= t.test_acc + 1e-9).all()  # exact match never beats per-token accuracy
+    assert out.tables["fourier"].empty and len(out.tables["ablation"]) == 3
+    assert out.record["task"] == "scan" and out.record["train_targets"] > 16
 
 
 def test_fit_step_and_classes():
@@ -114,7 +139,7 @@ def test_no_grokking_delay_or_no_headroom_is_not_comparable():
     for claim in ("two_phases", "perturbation_flat", "wd_removal"):
         assert v[claim] == "not comparable", claim
     why = {r["id"].split(".")[1]: r["why"] for r in se.findings(a, se.ReportParams())}
-    assert "grokking delay: test-fit ÷ train-fit step (fewest seeds) 1 (needs ≥ 2)" in why["two_phases"]
+    assert "Dyck-1: grokking delay, test-fit ÷ train-fit step (fewest seeds) 1 (needs ≥ 2)" in why["two_phases"]
     assert v["ablation_critical"] == "reproduced"  # not a claim about the phases
 
 
@@ -144,7 +169,7 @@ def test_short_decay_clock_is_not_comparable_not_not_reproduced():
     assert v["two_phases"] == "not comparable" and v["probes_reencoded"] == "reproduced"
     assert v["wd_removal"] == "not comparable"  # clock 0.05 from the fit to the removal
     rows = {r["id"].split(".")[1]: r["why"] for r in se.findings(a, se.ReportParams())}
-    assert "short of budget: lr·wd·steps after the fit 0.15 (needs ≥ 1)" in rows["perturbation_flat"]
+    assert "short of budget: Dyck-1: lr·wd·steps after the fit 0.15 (needs ≥ 1)" in rows["perturbation_flat"]
     assert "lr·wd·steps from the fit to the removal 0.05" in rows["wd_removal"]
     v, _ = _verdicts(_synthetic(two_phase=False, recover=False, flat=False, lr=1e-3), min_decay_clock=0.1)
     assert v["perturbation_flat"] == "not reproduced" and v["wd_removal"] == "not comparable"
@@ -156,3 +181,34 @@ def test_removal_needs_linear_probe_headroom():
     a.per_run.loc[a.per_run.condition == "removal", "r2_linear_at_removal"] = 0.99  # nothing left to restore
     row = {r["id"]: r for r in se.findings(a, se.ReportParams())}["spectral_edge.wd_removal"]
     assert row["verdict"] == "not comparable" and "headroom at the removal, 1 − R² (fewest seeds) 0.01" in row["why"]
+
+
+def test_classes_across_tasks_and_their_prediction():
+    _, a = _verdicts(_synthetic(two_phase=True, recover=True))
+    dy = a.per_run[a.per_run.condition == "wd1"].assign(params_per_target=50.0, rotation_post=18.0)
+    sc = dy.assign(condition="scan_wd1", task="scan", run=dy.run.str.replace("wd1", "scan_wd1"),
+                   grad_energy_post=0.02, edge_class="compression", params_per_target=10.0)
+    dy = dy.assign(grad_energy_post=0.87, edge_class="functional")
+    a.per_run = pd.concat([dy, sc], ignore_index=True)
+    rows = {r["id"].split(".")[1]: r for r in se.findings(a, se.ReportParams())}
+    assert rows["classes"]["verdict"] == "reproduced"  # SCAN compression, Dyck-1 functional
+    assert "scan: late gradient share 0.02 → compression" in rows["classes"]["measured"]
+    # the more redundant task (Dyck-1, 50 params per target) has the higher gradient share: prediction fails
+    assert rows["classes_predicted"]["verdict"] == "not reproduced"
+    a.per_run.loc[a.per_run.task == "scan", "params_per_target"] = 100.0
+    rows = {r["id"].split(".")[1]: r for r in se.findings(a, se.ReportParams())}
+    assert rows["classes_predicted"]["verdict"] == "reproduced"
+    a.per_run.loc[a.per_run.task == "scan", "edge_class"] = "mixed"
+    assert {r["id"]: r["verdict"] for r in se.findings(a, se.ReportParams())}["spectral_edge.classes"] == "not reproduced"
+
+
+def test_run_one_variable_length_words_ignore_the_padding():
+    torch.set_num_threads(1)
+    p = se.RunParams(**{**TINY, "variable_length": True, "steps": 6, "removal_at": 0, "probe_every": 3})
+    out = se.run_one(base.Job(p, "wd1", 0, "data", spec=se.Arm("dyck", 1.0)))
+    t = out.tables["telemetry"].pivot_table(index="step", columns="metric", values="value")
+    assert t["probe_r2_linear"].notna().all() and np.isfinite(t["test_loss"]).all()
+    four = out.tables["fourier"]
+    assert four[four.analysis == "depth_share"].value.sum() == pytest.approx(1.0)
+    with pytest.raises(ValidationError, match="exceeds"):
+        se.RunParams(**{**TINY, "variable_length": True, "length": 6, "n_train": 8, "n_test": 8})

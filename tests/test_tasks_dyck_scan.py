@@ -89,3 +89,20 @@ def test_scan_simple_split_and_encoding():
     small = scan.simple_split(seed=0, n_train=1000)
     assert small.x_train.shape[0] == 1000 and torch.equal(small.x_test, s.x_test)
     assert not torch.equal(scan.simple_split(seed=1).x_test, s.x_test)
+
+
+def test_variable_length_words_are_balanced_padded_and_distinct():
+    s = dyck.dyck_split(60, 40, length=12, seed=3, variable=True)
+    x = torch.cat([s.x_train, s.x_test]).numpy()
+    y = torch.cat([s.y_train, s.y_test]).numpy()
+    assert len({r.tobytes() for r in x}) == 100  # distinct, so train and test are disjoint
+    for row, target in zip(x, y, strict=True):
+        n = int((row != dyck.PAD).sum())
+        assert n % 2 == 0 and 2 <= n <= 12 and (row[n:] == dyck.PAD).all() and (row[:n] != dyck.PAD).all()
+        assert dyck.is_valid(row[:n], "balanced")
+        np.testing.assert_array_equal(target[:n], dyck.depths(row[:n]))
+        assert (target[n:] == -100).all()
+    lengths = (x != dyck.PAD).sum(1)
+    assert len(set(lengths)) >= 4  # many word lengths
+    with pytest.raises(ValueError, match="exceeds"):
+        dyck.dyck_split(100, 100, length=6, variable=True)  # 1 + 2 + 5 words of 1–3 pairs

@@ -16,8 +16,9 @@ import torch
 
 from gradience.tasks import Split
 
-OPEN, CLOSE = 0, 1
-N_TOKENS = 2
+OPEN, CLOSE, PAD = 0, 1, 2
+N_TOKENS = 2  # 3 with the padding token of variable-length words
+IGNORE = -100
 KINDS = ("balanced", "prefix")
 
 
@@ -78,21 +79,39 @@ def sample(n: int, length: int, kind: str = "balanced", max_depth: int | None = 
     return out
 
 
+def sample_variable(n: int, length: int, rng: np.random.Generator) -> np.ndarray:
+    """``[n, length]`` balanced words of 1 … length/2 pairs (uniform), each uniform among the words of its
+    length, padded with :data:`PAD` after the word."""
+    pairs = rng.integers(1, length // 2 + 1, size=n)
+    out = np.full((n, length), PAD, dtype=np.int64)
+    for k in np.unique(pairs):
+        rows = np.flatnonzero(pairs == k)
+        out[rows, : 2 * k] = sample(len(rows), 2 * int(k), "balanced", rng=rng)
+    return out
+
+
 def dyck_split(n_train: int, n_test: int, length: int = 24, kind: str = "balanced", seed: int = 0,
-               max_depth: int | None = None) -> Split:
-    """Distinct sequences: ``x`` ``[n, length]`` tokens, ``y`` ``[n, length]`` depth classes."""
+               max_depth: int | None = None, variable: bool = False) -> Split:
+    """Distinct sequences: ``x`` ``[n, length]`` tokens, ``y`` ``[n, length]`` depth classes.
+
+    ``variable``: balanced words of 1 … length/2 pairs padded to ``length`` (:func:`sample_variable`; the
+    seed's data are of this kind); padded positions have target −100 (ignored by the loss)."""
     if n_train < 1 or n_test < 1:
         raise ValueError(f"n_train and n_test must be ≥ 1, got {n_train}, {n_test}")
-    available = n_sequences(length, kind, max_depth)
+    available = (sum(n_sequences(2 * k) for k in range(1, length // 2 + 1)) if variable
+                 else n_sequences(length, kind, max_depth))
+    if variable and (kind != "balanced" or max_depth is not None):
+        raise ValueError("variable-length words are balanced and uncapped")
     if n_train + n_test > available:
         raise ValueError(f"n_train + n_test = {n_train + n_test} exceeds the {available} distinct {kind} "
                          f"sequences of length {length}")
     rng = np.random.default_rng(seed)
     seen: dict[bytes, np.ndarray] = {}
     while len(seen) < n_train + n_test:
-        for row in sample(n_train + n_test - len(seen), length, kind, max_depth, rng):
+        need = n_train + n_test - len(seen)
+        for row in (sample_variable(need, length, rng) if variable else sample(need, length, kind, max_depth, rng)):
             seen.setdefault(row.tobytes(), row)
     x = np.stack(list(seen.values()))[: n_train + n_test]
-    y = depths(x)
+    y = np.where(x == PAD, IGNORE, depths(x))
     xt, yt = torch.as_tensor(x), torch.as_tensor(y, dtype=torch.int64)
     return Split(xt[:n_train], yt[:n_train], xt[n_train:], yt[n_train:])

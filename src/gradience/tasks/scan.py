@@ -142,3 +142,10 @@ def simple_split(seed: int = 0, train_fraction: float = 0.8, n_train: int = 0) -
         tr = tr[:n_train]
     x, y = encode(cmds)
     return Split(x[tr], y[tr], x[te], y[te])
+
+
+def trim(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` cut to the longest target of the batch: columns past it hold only padding (never scored, and
+    invisible to earlier positions under the causal mask), so the loss and accuracy are unchanged."""
+    n = int((y != IGNORE).sum(1).max())
+    return x[:, : SRC_LEN + n], y[:, :n]

@@ -16,7 +16,9 @@ applies θ ← θ(1 − η·λ) before the Adam step):
 (so :func:`gradience.training.train` needs no change): d_t from the optimiser's η and λ and the
 pre-step weights, g_t = Δθ_t − d_t. The split is exact for AdamW and for Adam / SGD whose decay is
 zero; SGD without momentum (d_t = −η λ θ too) is also exact; coupled decay (Adam's L2, SGD with
-momentum) mixes the two and is refused.
+momentum) mixes the two and is refused. ``include=`` tracks a subset of the parameters
+(:func:`attention_weights`: the attention matrices, the seed's choice); :meth:`EdgeTracker.embed` and
+:meth:`EdgeTracker.restrict` carry vectors and evaluators between that subset and all parameters.
 
 Metrics at a cadence step (scope ``model``; defined in telemetry/glossary.py), with a_t = ⟨g_t, v_1⟩ and
 b_t = ⟨d_t, v_1⟩ over the window:
@@ -160,6 +162,16 @@ def _decoupled(optimizer: torch.optim.Optimizer, group: dict) -> bool:
 
 
 # --------------------------------------------------------------------------- the tracker
+FlatEval = Callable[[Tensor], tuple[float, float]]
+
+
+def attention_weights(name: str, p: Tensor) -> bool:
+    """``include=`` for :class:`EdgeTracker`: the attention projection matrices (query, key, value, output;
+    ``transformers`` GPT-2's ``attn.c_attn``/``attn.c_proj`` and ``torch.nn`` attention's ``in_proj``/
+    ``out_proj``, self- and cross-attention), the parameters the seed builds its edge from."""
+    return "attn" in name and p.ndim == 2
+
+
 @dataclass
 class EdgeTracker:
     """Rolling window of the last ``window`` updates of ``model``'s trainable parameters, split into
@@ -174,14 +186,20 @@ class EdgeTracker:
     model: nn.Module
     window: int = 10
     k: int = 3
+    include: Callable[[str, Tensor], bool] | None = None  # (name, parameter) → tracked; None: all trainable
     history: dict[str, list[float]] = field(default_factory=lambda: {"update": [], "grad_norm": [],
                                                                      "decay_norm": [], "grad_decay_cos": []})
 
     def __post_init__(self) -> None:
         if self.window < 2:
             raise ValueError(f"edge window must be ≥ 2 updates, got {self.window}")
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        chosen = [self.include is None or self.include(n, p) for n, p in trainable]
+        if not any(chosen):
+            raise ValueError("include= selects none of the model's trainable parameters")
+        self.params = [p for (_, p), c in zip(trainable, chosen, strict=True) if c]
         self.n_params = sum(p.numel() for p in self.params)
+        self._mask = torch.cat([torch.full((p.numel(),), c) for (_, p), c in zip(trainable, chosen, strict=True)])
         self._grad = torch.zeros(self.window, self.n_params)
         self._decay = torch.zeros(self.window, self.n_params)
         self._count = 0
@@ -264,6 +282,26 @@ class EdgeTracker:
         grad, decay = self.parts()
         return edge_spectrum(grad.double() + decay.double(), 1).directions[:, 0]
 
+    def embed(self, v: Tensor) -> Tensor:
+        """A tracked-parameter vector (length ``n_params``) placed in the flat space of all trainable
+        parameters (the order of :func:`flat_evaluator`), zero on the untracked ones."""
+        full = torch.zeros(self._mask.numel(), dtype=v.dtype)
+        full[self._mask] = v
+        return full
+
+    def restrict(self, f: FlatEval, theta: Tensor) -> tuple[FlatEval, Tensor]:
+        """``f`` and the flat ``theta`` of all trainable parameters (:func:`flat_evaluator`) seen from the
+        tracked ones only (the others held at ``theta``): causal tests then draw random directions, and
+        ablate, inside the tracked subspace, as the edge lives there."""
+        base_theta = theta.detach().cpu().clone()  # f moves θ to its data's device
+
+        def f_sub(t: Tensor) -> tuple[float, float]:
+            full = base_theta.clone().to(t.dtype)
+            full[self._mask] = t
+            return f(full)
+
+        return f_sub, base_theta[self._mask]
+
     def probe(self) -> Probe:
         """A :data:`gradience.training.Probe` logging :meth:`metrics` at scope ``model``."""
         def probe(ctx: StepContext) -> Iterable[tuple[str, str, float]]:
@@ -273,7 +311,6 @@ class EdgeTracker:
 
 
 # --------------------------------------------------------------------------- causal tests of a direction
-FlatEval = Callable[[Tensor], tuple[float, float]]
 
 
 def flat_evaluator(model: nn.Module, x: Tensor, y: Tensor) -> tuple[FlatEval, Tensor]:

@@ -114,6 +114,8 @@ GLOSSARY: dict[str, str] = {
                                        "hidden state (telemetry.edge.probe_pipeline: ridge; PCA-32 + degree-2 + ridge; "
                                        "one-hidden-layer MLP), fitted on train-sequence positions, scored on test ones",
     "adamw_weight_decay": "spectral_edge: the AdamW weight decay λ in force at that step (0 after removal)",
+    "{train,test}_seq_acc": "spectral_edge (SCAN): fraction of commands whose whole action sequence is right "
+                            "(teacher-forced argmax at every target, the same as greedy decoding being exact)",
     # >>> gradient_rank (metrics its stage logs; keep this marker line)
     "grad_er": "gradient_rank: Roy–Vetterli effective rank of the true gradient ∂L/∂W of a 2-D weight on the "
                "step's batch (telemetry/kbasis.py)",
