@@ -212,3 +212,19 @@ def test_run_one_variable_length_words_ignore_the_padding():
     assert four[four.analysis == "depth_share"].value.sum() == pytest.approx(1.0)
     with pytest.raises(ValidationError, match="exceeds"):
         se.RunParams(**{**TINY, "variable_length": True, "length": 6, "n_train": 8, "n_test": 8})
+
+
+def test_init_scale_multiplies_weight_matrices_only():
+    from gradience.models import scale_init
+    from gradience.models.gpt import TokenClassifierGPT
+
+    a, b = (TokenClassifierGPT(3, 5, 8, 8, 1, 2, seed=0) for _ in range(2))
+    scale_init(b, 10.0)
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(q, p * 10.0 if p.dim() >= 2 else p, msg=name)
+    p = se.RunParams(**{**TINY, "init_scale": 10.0})
+    s1, s10 = se._setup(se.RunParams(**TINY), se.Arm("dyck", 0.0), 0), se._setup(p, se.Arm("dyck", 0.0), 0)
+    w1, w10 = s1.model.lm.wte.weight, s10.model.lm.wte.weight
+    torch.testing.assert_close(w10, 10 * w1)
+    with pytest.raises(ValidationError):
+        se.RunParams(**{**TINY, "init_scale": 0.0})
