@@ -215,11 +215,10 @@ def test_run_one_variable_length_words_ignore_the_padding():
 
 
 def test_init_scale_multiplies_weight_matrices_only():
-    from gradience.models import scale_init
     from gradience.models.gpt import TokenClassifierGPT
 
     a, b = (TokenClassifierGPT(3, 5, 8, 8, 1, 2, seed=0) for _ in range(2))
-    scale_init(b, 10.0)
+    se.scale_init(b, 10.0)
     for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(q, p * 10.0 if p.dim() >= 2 else p, msg=name)
     p = se.RunParams(**{**TINY, "init_scale": 10.0})
@@ -228,3 +227,21 @@ def test_init_scale_multiplies_weight_matrices_only():
     torch.testing.assert_close(w10, 10 * w1)
     with pytest.raises(ValidationError):
         se.RunParams(**{**TINY, "init_scale": 0.0})
+
+
+def test_a_claim_for_every_task_is_judged_per_task():
+    _, a = _verdicts(_synthetic(two_phase=True, recover=True))
+    dy = a.per_run[a.per_run.condition == "wd1"]
+    sc = dy.assign(condition="scan_wd1", task="scan", run=dy.run.str.replace("wd1", "scan_wd1"),
+                   grad_energy_post=0.9, test_fit_step=dy.fit_step, grok_delay=1.0)  # no delay, no switch
+    a.per_run = pd.concat([dy, sc], ignore_index=True)
+    a.perturbation = pd.concat([a.perturbation, a.perturbation.assign(run=a.perturbation.run.str.replace("wd1", "scan_wd1"))])
+    rows = {r["id"].split(".")[1]: r for r in se.findings(a, se.ReportParams())}
+    two = rows["two_phases"]
+    assert two["verdict"] == "not comparable"  # Dyck-1 reproduced, SCAN short of its grokking delay
+    assert "Dyck-1: gradient share" in two["measured"] and "(reproduced); SCAN:" in two["measured"]
+    assert two["measured"].endswith("0/3 seeds switch (not comparable)")
+    assert "SCAN: short of budget: SCAN: grokking delay" in two["why"]
+    assert rows["edge_dominance"]["verdict"] == "reproduced"  # σ1/σ2 = 3 in both tasks
+    a.per_run.loc[a.per_run.task == "scan", "grok_delay"] = 2.4  # SCAN's budget met: its failure counts
+    assert {r["id"]: r["verdict"] for r in se.findings(a, se.ReportParams())}["spectral_edge.two_phases"] == "not reproduced"

@@ -4,7 +4,8 @@ Tasks (conditions ``wd<λ>`` and ``removal`` for Dyck-1, ``scan_wd<λ>`` for SCA
 
 * Dyck-1 (:mod:`gradience.tasks.dyck`): predict the nesting depth at every position (the known
   functional coordinate) with a GPT-2-style 2-layer causal pre-LN transformer with learned positions
-  (:class:`gradience.models.gpt.TokenClassifierGPT`), full batches of a small training set.
+  (:class:`gradience.models.gpt.TokenClassifierGPT`), full batches of a small training set; initial weight
+  matrices × ``init_scale`` (:func:`scale_init`), which turns generalisation-with-the-fit into grokking.
 * SCAN (:mod:`gradience.tasks.scan`, generated from the grammar; the seeded "simple" split, the first
   ``scan.n_train`` training commands): an encoder–decoder (:class:`gradience.models.seq2seq.Seq2SeqTransformer`);
   accuracy is per action token as for Dyck-1, with exact match of the whole sequence beside it
@@ -31,8 +32,9 @@ reproduced"): seeds that fit, steps after the fit, the decay clock lr·λ·(step
 ``min_decay_clock`` (decay alone shrinks θ by exp(−clock)), a grokking delay (test-fit step ÷
 train-fit step ≥ ``min_grok_delay``), for the removal claim the clock up to the removal, steps after it
 and linear-probe headroom, for the claims that contrast grokked and memorised models a λ = 0 control
-that memorises, and for the classes both tasks. Controls: the removal arm against the same seeds
-with the decay kept; the edge's depth response against a random direction's.
+that memorises, and for the classes both tasks. A claim made for both tasks is judged on each task's
+own runs and budgets (:func:`_per_task`). Controls: the removal arm against the same seeds with the
+decay kept; the edge's depth response against a random direction's.
 
 Classes: the late gradient share along the edge (the seed's Term 3, gradient driving, against Term 2,
 decay damping, of its gap flow) with our bounds ``class_bounds``; the seed's prediction of the class
@@ -51,7 +53,7 @@ from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from gradience.config import Section
-from gradience.reporting import Budget, judged, mean_spread
+from gradience.reporting import Budget, finding, judge, judged, mean_spread
 from gradience.studies import base
 from gradience.tasks import Split, dyck, scan
 from gradience.telemetry import edge, fourier
@@ -110,7 +112,7 @@ class RunParams(base.RunParams):
     data_seed: int = 0
     model: ModelParams = ModelParams()
     init_scale: float = Field(default=1.0, gt=0, description=(
-        "initial weight matrices and embeddings × this (gradience.models.scale_init); > 1 makes the model "
+        "initial weight matrices and embeddings × this (scale_init); > 1 makes the model "
         "memorise first and decay then brings generalisation late: a grokking delay, and a λ = 0 control that "
         "memorises"))
     lr: float = Field(default=1e-3, gt=0)
@@ -223,9 +225,20 @@ class _Setup:
     trim: bool  # SCAN: cut batches to their longest target (padding beyond it is never scored)
 
 
-def _setup(p: RunParams, arm: Arm, seed: int) -> _Setup:
-    from gradience.models import scale_init
+@torch.no_grad()
+def scale_init(model: torch.nn.Module, alpha: float) -> torch.nn.Module:
+    """Multiply every weight matrix and embedding (parameters of ≥ 2 dimensions) by ``alpha``, in place;
+    biases and LayerNorm parameters are left. Large initial weights make a network fit its training set by
+    memorising; weight decay then shrinks them towards the scale at which it generalises, so ``alpha`` > 1
+    with decay gives a grokking delay on a task that otherwise generalises at once, and without decay a
+    memorising control (the large-initialisation recipe of "Omnigrok"; two lines, no library does it)."""
+    for q in model.parameters():
+        if q.dim() >= 2:
+            q.mul_(alpha)
+    return model
 
+
+def _setup(p: RunParams, arm: Arm, seed: int) -> _Setup:
     if arm.task == "dyck":
         from gradience.models.gpt import TokenClassifierGPT
 
@@ -489,10 +502,18 @@ def _phase_budgets(main: pd.DataFrame, p: ReportParams, label: str) -> tuple[lis
     return seeds, clock, grok
 
 
-def _both(values: list[bool | None]) -> bool | None:
-    """A claim made for every task holds when it holds on each task that has runs."""
-    known = [v for v in values if v is not None]
-    return all(known) if known else None
+def _per_task(claim_id: str, results: dict[str, tuple[bool | None, str, list[Budget]]], why: str) -> dict:
+    """One Findings row for a claim made for every task: each task judged on its own runs and budgets; the row
+    is "not reproduced" when any task is, "reproduced" when every task is, else "not comparable" (or
+    "inconclusive" when no task could be judged). The measured text gives each task's verdict."""
+    label = {"dyck": "Dyck-1", "scan": "SCAN"}
+    verdicts = {t: judge(h, b) for t, (h, _, b) in results.items()}
+    got = {v for v, _ in verdicts.values()}
+    verdict = ("not reproduced" if "not reproduced" in got else "reproduced" if got == {"reproduced"}
+               else "inconclusive" if got <= {"inconclusive"} else "not comparable")
+    measured = "; ".join(f"{label[t]}: {text} ({verdicts[t][0]})" for t, (_, text, _) in results.items())
+    budgets = "; ".join(f"{label[t]}: {verdicts[t][1]}" for t in results if verdicts[t][1])
+    return finding(claim_id, measured, verdict, "; ".join(x for x in (why, budgets) if x))
 
 
 def findings(a: Analysis, p: ReportParams) -> list[dict]:
@@ -502,50 +523,42 @@ def findings(a: Analysis, p: ReportParams) -> list[dict]:
     main = {t: _main(a, t) for t in tasks}
     fitted = {t: m[m.fit_step.notna()] for t, m in main.items()}
     bud = {t: _phase_budgets(main[t], p, label[t]) for t in tasks}
-    everywhere = [b for t in tasks for b in (*bud[t][0], bud[t][1], bud[t][2])]
-    seeds_only = [b for t in tasks for b in bud[t][0][:1]]
+    phase = {t: [*bud[t][0], bud[t][1], bud[t][2]] for t in tasks}  # the budgets of a claim about the phases
+    everywhere = [b for t in tasks for b in phase[t]]
     dy_seeds, dy_clock, dy_grok = bud.get("dyck", ([Budget("Dyck-1 runs", 0, 1)], Budget("", 0, 1), Budget("", 0, 1)))
     out = []
-
-    def per_task(fn) -> tuple[list[bool | None], str]:
-        results = [fn(t) for t in tasks]
-        return [r[0] for r in results], "; ".join(f"{label[t]}: {r[1]}" for t, r in zip(tasks, results, strict=True))
 
     def two(t):
         f = fitted[t]
         switch = (f.grad_energy_pre > p.gradient_driven) & (f.grad_energy_post < p.gradient_driven)
         return (bool(switch.mean() > 0.5) if len(f) else None,
                 f"gradient share of the edge's energy before fit {_fmt(f.grad_energy_pre)}, late after fit "
-                f"{_fmt(f.grad_energy_post)}, {int(switch.sum())}/{len(f)} seeds switch")
-    holds, text = per_task(two)
-    out.append(judged("spectral_edge.two_phases", text, _both(holds),
-                      f"holds when, in each task, most fitted seeds are > {p.gradient_driven} before and < after",
-                      everywhere))
+                f"{_fmt(f.grad_energy_post)}, {int(switch.sum())}/{len(f)} seeds switch", phase[t])
+    out.append(_per_task("spectral_edge.two_phases", {t: two(t) for t in tasks},
+                         f"holds when, in each task, most fitted seeds are > {p.gradient_driven} before and < after"))
 
     def dominance(t):
         m = main[t]
-        return bool(m.gap_median.median() >= p.gap_min) if len(m) else None, f"median σ1/σ2 {_fmt(m.gap_median)}"
-    holds, text = per_task(dominance)
-    out.append(judged("spectral_edge.edge_dominance", text, _both(holds),
-                      f"holds when the median over seeds is ≥ {p.gap_min} in each task", seeds_only))
+        return (bool(m.gap_median.median() >= p.gap_min) if len(m) else None, f"median σ1/σ2 {_fmt(m.gap_median)}",
+                bud[t][0][:1])
+    out.append(_per_task("spectral_edge.edge_dominance", {t: dominance(t) for t in tasks},
+                         f"holds when the median over seeds is ≥ {p.gap_min} in each task"))
 
     def flat(t):
         pert = a.perturbation[a.perturbation.run.isin(main[t].run)]
         big = pert[pert.eps.abs() == pert.eps.abs().max()]
         e, r = big[big.direction == "edge"].dloss.abs().mean(), big[big.direction != "edge"].dloss.abs().mean()
         return (bool(e <= r) if len(big) else None,
-                f"|ΔL| at ‖δθ‖={big.eps.abs().max():g}: edge {e:.3g}, random {r:.3g}")
-    holds, text = per_task(flat)
-    out.append(judged("spectral_edge.perturbation_flat", text, _both(holds),
-                      "holds when the edge's |ΔL| ≤ the random mean in each task", everywhere))
+                f"|ΔL| at ‖δθ‖={big.eps.abs().max():g}: edge {e:.3g}, random {r:.3g}", phase[t])
+    out.append(_per_task("spectral_edge.perturbation_flat", {t: flat(t) for t in tasks},
+                         "holds when the edge's |ΔL| ≤ the random mean in each task"))
 
     def critical(t):
         m = main[t]
         return (bool(m.ablation_loss_ratio.median() > p.ablation_min) if len(m) else None,
-                f"ablation loss ratio edge/random {_fmt(m.ablation_loss_ratio, 0)}")
-    holds, text = per_task(critical)
-    out.append(judged("spectral_edge.ablation_critical", text, _both(holds),
-                      f"holds when the median ratio > {p.ablation_min:g} in each task", seeds_only))
+                f"ablation loss ratio edge/random {_fmt(m.ablation_loss_ratio, 0)}", bud[t][0][:1])
+    out.append(_per_task("spectral_edge.ablation_critical", {t: critical(t) for t in tasks},
+                         f"holds when the median ratio > {p.ablation_min:g} in each task"))
 
     dm = main.get("dyck", a.per_run.iloc[0:0])
     out.append(judged("spectral_edge.probes_reencoded",
