@@ -62,7 +62,10 @@
 # 1–12 pairs), probes read the final hidden state only, the depth-basis Fourier analysis is done at
 # the end of the run (the seed's at grokking), and the class bounds on the gradient share are ours.
 # The seed's "gap flow equation" is not given in full: its prediction is tested as the seed states
-# it, redundancy (here: parameters per scored training target) against the class.
+# it, redundancy (here: parameters per scored training target) against the class. Read Dyck-1's class
+# with `init_scale` in mind: after the fit its edge is set by decay shrinking the scaled-up weights
+# (the gradient part's share falls to ≈ 0 once the training loss is ≈ 10⁻⁴), which is what the large
+# initialisation is for; at the standard scale (the paper profile) it need not be.
 
 # %% tags=["parameters"]
 stage = "spectral_edge"

@@ -241,7 +241,7 @@ def test_a_claim_for_every_task_is_judged_per_task():
     assert two["verdict"] == "not comparable"  # Dyck-1 reproduced, SCAN short of its grokking delay
     assert "Dyck-1: gradient share" in two["measured"] and "(reproduced); SCAN:" in two["measured"]
     assert two["measured"].endswith("0/3 seeds switch (not comparable)")
-    assert "SCAN: short of budget: SCAN: grokking delay" in two["why"]
+    assert "; short of budget: SCAN: grokking delay" in two["why"] and "Dyck-1: Dyck-1" not in two["why"]
     assert rows["edge_dominance"]["verdict"] == "reproduced"  # σ1/σ2 = 3 in both tasks
     a.per_run.loc[a.per_run.task == "scan", "grok_delay"] = 2.4  # SCAN's budget met: its failure counts
     assert {r["id"]: r["verdict"] for r in se.findings(a, se.ReportParams())}["spectral_edge.two_phases"] == "not reproduced"

@@ -512,7 +512,7 @@ def _per_task(claim_id: str, results: dict[str, tuple[bool | None, str, list[Bud
     verdict = ("not reproduced" if "not reproduced" in got else "reproduced" if got == {"reproduced"}
                else "inconclusive" if got <= {"inconclusive"} else "not comparable")
     measured = "; ".join(f"{label[t]}: {text} ({verdicts[t][0]})" for t, (_, text, _) in results.items())
-    budgets = "; ".join(f"{label[t]}: {verdicts[t][1]}" for t in results if verdicts[t][1])
+    budgets = "; ".join(verdicts[t][1] for t in results if verdicts[t][1])  # budget names carry the task
     return finding(claim_id, measured, verdict, "; ".join(x for x in (why, budgets) if x))
 
 
