@@ -58,8 +58,8 @@
 # are smaller (Dyck-1 d_model 64; SCAN d_model 64, one encoder and one decoder layer, ≈ 0.12 M
 # parameters against the seed's ≈ 1.5 M), SCAN trains on fewer steps at a larger learning rate, the
 # sweep's non-main decays run on one seed, Dyck-1's initial weights are scaled (`init_scale`; the
-# seed's model groks at its own scale, ours only this way), Dyck-1 words have one fixed length (the seed pads words of
-# 1–12 pairs), probes read the final hidden state only, the depth-basis Fourier analysis is done at
+# seed's model groks at its own scale, ours only this way), Dyck-1 words have one fixed length (the
+# seed pads words of 1–12 pairs), probes read the final hidden state only, the depth-basis Fourier analysis is done at
 # the end of the run (the seed's at grokking), and the class bounds on the gradient share are ours.
 # The seed's "gap flow equation" is not given in full: its prediction is tested as the seed states
 # it, redundancy (here: parameters per scored training target) against the class. Read Dyck-1's class

@@ -186,6 +186,7 @@ class ReportParams(base.ReportParams):
 DATA: tuple[str, ...] = ()
 TABLES = ("telemetry", "perturbation", "ablation", "fourier")
 TASKS = ("dyck", "scan")
+TASK_LABEL = {"dyck": "Dyck-1", "scan": "SCAN"}
 
 
 @dataclass(frozen=True)
@@ -506,12 +507,11 @@ def _per_task(claim_id: str, results: dict[str, tuple[bool | None, str, list[Bud
     """One Findings row for a claim made for every task: each task judged on its own runs and budgets; the row
     is "not reproduced" when any task is, "reproduced" when every task is, else "not comparable" (or
     "inconclusive" when no task could be judged). The measured text gives each task's verdict."""
-    label = {"dyck": "Dyck-1", "scan": "SCAN"}
     verdicts = {t: judge(h, b) for t, (h, _, b) in results.items()}
     got = {v for v, _ in verdicts.values()}
     verdict = ("not reproduced" if "not reproduced" in got else "reproduced" if got == {"reproduced"}
                else "inconclusive" if got <= {"inconclusive"} else "not comparable")
-    measured = "; ".join(f"{label[t]}: {text} ({verdicts[t][0]})" for t, (_, text, _) in results.items())
+    measured = "; ".join(f"{TASK_LABEL[t]}: {text} ({verdicts[t][0]})" for t, (_, text, _) in results.items())
     budgets = "; ".join(verdicts[t][1] for t in results if verdicts[t][1])  # budget names carry the task
     return finding(claim_id, measured, verdict, "; ".join(x for x in (why, budgets) if x))
 
@@ -519,10 +519,9 @@ def _per_task(claim_id: str, results: dict[str, tuple[bool | None, str, list[Bud
 def findings(a: Analysis, p: ReportParams) -> list[dict]:
     rp = a.params
     tasks = [t for t in TASKS if len(_main(a, t))]
-    label = {"dyck": "Dyck-1", "scan": "SCAN"}
     main = {t: _main(a, t) for t in tasks}
     fitted = {t: m[m.fit_step.notna()] for t, m in main.items()}
-    bud = {t: _phase_budgets(main[t], p, label[t]) for t in tasks}
+    bud = {t: _phase_budgets(main[t], p, TASK_LABEL[t]) for t in tasks}
     phase = {t: [*bud[t][0], bud[t][1], bud[t][2]] for t in tasks}  # the budgets of a claim about the phases
     everywhere = [b for t in tasks for b in phase[t]]
     dy_seeds, dy_clock, dy_grok = bud.get("dyck", ([Budget("Dyck-1 runs", 0, 1)], Budget("", 0, 1), Budget("", 0, 1)))
