@@ -29,8 +29,8 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 
 from gradience.data import build
 from gradience.profiles import profile_params
-from gradience.studies.base import load_params
-from gradience.studies.grokking import build_model
+from gradience.studies.grid import load_run_params as load_params
+from gradience.studies.grokking.runs import build_model
 from gradience.tasks.modular import modular_split
 from gradience.telemetry.recorder import Recorder
 from gradience.training import evaluate, loss_and_accuracy, record_weight_spectra

@@ -18,8 +18,8 @@ import torch
 
 from gradience.data import build
 from gradience.profiles import profile_params
-from gradience.studies.base import load_params
-from gradience.studies.grokking import build_model
+from gradience.studies.grid import load_run_params as load_params
+from gradience.studies.grokking.runs import build_model
 from gradience.tasks.modular import modular_split
 from gradience.telemetry.recorder import Cadence, Recorder
 from gradience.training import TrainConfig, train

@@ -25,7 +25,7 @@
 # the **empirical** Fisher (observed labels) and the **sampled ("true")** Fisher (labels drawn from
 # the model), F = GᵀG/n, through their n × n Gram matrix.
 #
-# **Choices the seed does not fix** (all in `params.yaml`, defined in `gradience.studies.fisher_geometry`):
+# **Choices the seed does not fix** (all in `params.yaml`, defined in `gradience.studies.fisher_geometry.analysis`):
 # - *NG alignment inside F's span.* F has rank ≤ n = 64 in ~10⁴ parameters, so F⁻¹∇L is undefined
 #   outside its span, and with a damping λ it is ∇L/λ there: the full-space cos(∇L, (F+λI)⁻¹∇L)
 #   mostly measures how much of ∇L lies *outside* the span. We project ∇L onto span(F),
@@ -52,10 +52,10 @@ import seaborn as sns
 from IPython.display import Markdown, display
 
 from gradience import plots
-from gradience.studies import base
-from gradience.studies import fisher_geometry as fg
+from gradience.studies import notebook
+from gradience.studies.fisher_geometry import analysis as fg
 
-ctx = base.open_report(stage, report, out_dir)
+ctx = notebook.open_report(stage, report, out_dir)
 P, R, out_dir = ctx.params, ctx.tables.params, ctx.out_dir
 plots.set_theme()
 order = [r.name for r in R.regimes]
@@ -199,5 +199,5 @@ coupling[["regime", "seed", "weight_metric", "fisher_metric", "n", "best_lag", "
 # also writes `metrics.json` and the curves for `dvc plots`.
 
 # %%
-table = base.write_report(stage, results, P, out_dir)
+table = notebook.write_report(stage, results, P, out_dir)
 display(Markdown(plots.markdown_table(table.drop(columns="id"))))

@@ -33,7 +33,8 @@
 # *Adaptation runs*: from the trajectory's checkpoint at step `adapt.from_step`, for each K only the
 # K-basis coefficients a (zero at start) are trained for `adapt.steps` steps on the same batches;
 # a full-training continuation is the unconstrained reference. Definitions:
-# `gradience.telemetry.kbasis`; protocol: `gradience.studies.gradient_rank`.
+# `gradience.telemetry.kbasis`; protocol: `gradience.studies.gradient_rank.runs`; analysis and
+# the paper's tables: `gradience.studies.gradient_rank.analysis` and `.paper_tables`.
 #
 # **Free choices** (the seed fixes none of them): the character LM (the paper's is a word LM: its
 # loss 7.84 at step 1 implies a vocabulary of thousands; ours has ~75 characters, so losses are on
@@ -61,10 +62,11 @@ import seaborn as sns
 from IPython.display import Markdown, display
 
 from gradience import plots
-from gradience.studies import base
-from gradience.studies import gradient_rank as gr
+from gradience.studies import notebook
+from gradience.studies.gradient_rank import analysis as gr
+from gradience.studies.gradient_rank import paper_tables
 
-ctx = base.open_report(stage, report, out_dir)
+ctx = notebook.open_report(stage, report, out_dir)
 P, R, out_dir = ctx.params, ctx.tables.params, ctx.out_dir
 plots.set_theme()
 print(f"profile={R.profile}  seeds={R.seeds}  steps={R.steps}  model={R.model.model_dump()}  data={R.data.model_dump()}")
@@ -89,7 +91,7 @@ for ax, col, paper, title in ((axes[0], "grad_er_mean", "er_mean", "true-gradien
                               (axes[2], "batch_loss", None, "loss of the measured batch")):
     sns.lineplot(data=series, x="step", y=col, hue="seed", palette="colorblind", ax=ax, marker=".", lw=1)
     if paper:
-        ax.plot(gr.PAPER_TABLE1.step, gr.PAPER_TABLE1[paper], "ko--", lw=1, label="paper")
+        ax.plot(paper_tables.PAPER_TABLE1.step, paper_tables.PAPER_TABLE1[paper], "ko--", lw=1, label="paper")
         ax.legend(fontsize=8)
     ax.axvline(P.window, ls=":", c="grey")
     ax.set(title=title, xlabel="step (updates)", ylabel=col)
@@ -124,7 +126,7 @@ cov = step1.melt(id_vars=["seed"], value_vars=[f"k{k}_er" for k in R.ks], var_na
 cov["K"] = cov.K.str.extract(r"k(\d+)_")[0].astype(int)
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
 sns.lineplot(data=cov, x="K", y="er_k", marker="o", ax=axes[0], label="measured (mean ± sd over seeds)")
-axes[0].plot(gr.PAPER_TABLE2.K, gr.PAPER_TABLE2.er_k, "ks--", label="paper")
+axes[0].plot(paper_tables.PAPER_TABLE2.K, paper_tables.PAPER_TABLE2.er_k, "ks--", label="paper")
 axes[0].plot(t2.K, t2.iid_gaussian_er, "x:", c="grey", label="K i.i.d. Gaussian values")
 axes[0].axhline(step1.grad_er_mean.mean(), c="tab:red", lw=1, label="true ER at step 1 (mean)")
 axes[0].set(xscale="log", yscale="log", title="ER of the K-constrained gradient, step 1", xlabel="K", ylabel="ER")
@@ -147,11 +149,11 @@ plots.save(fig, out_dir, "k_constrained")
 # %%
 display(results.phases)
 display(results.table3[["layer", "er", "paper_er", "k32_covers", "paper_k32_covers", "optimal_k", "paper_optimal_k"]])
-layers = series.melt(id_vars=["seed", "step"], value_vars=[c for c in series if c.startswith(f"{gr.K95}_layer")],
+layers = series.melt(id_vars=["seed", "step"], value_vars=[c for c in series if c.startswith(f"{paper_tables.K95}_layer")],
                      var_name="layer", value_name="k95 of the layer")
 layers["layer"] = layers.layer.str.extract(r"layer(\d+)")[0].astype(int)
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-sns.lineplot(data=series, x="step", y=gr.K95, hue="seed", palette="colorblind", ax=axes[0], lw=1)
+sns.lineplot(data=series, x="step", y=paper_tables.K95, hue="seed", palette="colorblind", ax=axes[0], lw=1)
 for ph in P.phases:
     axes[0].axvspan(ph.first, ph.last, alpha=0.08, color="tab:green" if ph.name == "peak" else "grey")
 axes[0].set(title="K for 95 % coverage (mean over matrices)", ylabel="k95", xlabel="step")
@@ -193,5 +195,5 @@ plots.save(fig, out_dir, "loss_by_k")
 # naming the short budget. The seed column comes from the repository's claim registry.
 
 # %%
-table = base.write_report(stage, results, P, out_dir)
+table = notebook.write_report(stage, results, P, out_dir)
 display(Markdown(plots.markdown_table(table.drop(columns="id"))))

@@ -47,9 +47,10 @@ import seaborn as sns
 from IPython.display import Markdown, display
 
 from gradience import plots
-from gradience.studies import base, grokking
+from gradience.studies import notebook
+from gradience.studies.grokking import analysis as grokking
 
-ctx = base.open_report(stage, report, out_dir)
+ctx = notebook.open_report(stage, report, out_dir)
 P, R, out_dir = ctx.params, ctx.tables.params, ctx.out_dir
 plots.set_theme()
 order = {"hue_order": [c.name for c in R.conditions]}
@@ -102,7 +103,7 @@ plots.save(g.figure, out_dir, "accuracy_curves")
 
 # %%
 layers = tele[(tele.metric == "kappa") & (tele.step > 0)].copy()
-layers["condition"] = layers.run.str.split("/").str[0]
+layers["condition"] = layers.run.map(summary.set_index("run").condition)
 g = plots.facet_lines(layers, "step", "value", hue="condition", col="scope", logx=True, logy=True, col_wrap=2,
                       ylabel="κ", **order, title="κ per weight matrix and the max over matrices (model)")
 plots.save(g.figure, out_dir, "kappa_per_matrix")
@@ -161,5 +162,5 @@ results.alerts.T
 # registry. `write_report` also writes `metrics.json` and the curves for `dvc plots`.
 
 # %%
-table = base.write_report(stage, results, P, out_dir)
+table = notebook.write_report(stage, results, P, out_dir)
 display(Markdown(plots.markdown_table(table.drop(columns="id"))))

@@ -29,9 +29,10 @@
 # log tr Σ against time, against surrogates of its linearly detrended fluctuations). Beside every
 # verdict, the **power**: how often the same test detects a critical slowing down (or a tr Σ rise)
 # of stated size injected into series of the same length and noise. Definitions, free choices and
-# the verdict rule: `gradience.studies.grokking_transition`.
+# the verdict rule: `gradience.studies.grokking_transition` (`runs`, `analysis`, `early_warning`,
+# `hypothesis_tests`).
 #
-# **Free choices the seed does not fix** (stated here and in the module docstring): lr, batch size,
+# **Free choices the seed does not fix** (stated here and in the modules' docstrings): lr, batch size,
 # train fraction, the conditions (weight decay 0.1 for both operations — the seed's value — and
 # 0.3 for addition, a faster grokker), the cadence, the 1,024 examples evaluated per point, the 128
 # examples of the tr Σ subsample, the stop rule (a grokking run stops `stop.hold_steps` after it
@@ -50,10 +51,12 @@ import seaborn as sns
 from IPython.display import Markdown, display
 
 from gradience import plots
-from gradience.studies import base
-from gradience.studies import grokking_transition as gt
+from gradience.studies import notebook
+from gradience.studies.grokking_transition import analysis as gt
+from gradience.studies.grokking_transition import early_warning as ews
+from gradience.studies.grokking_transition import hypothesis_tests as ht
 
-ctx = base.open_report(stage, report, out_dir)
+ctx = notebook.open_report(stage, report, out_dir)
 P, R, out_dir = ctx.params, ctx.tables.params, ctx.out_dir
 plots.set_theme()
 names = [c.name for c in R.conditions]
@@ -145,12 +148,12 @@ if frames:
 
 # %%
 first = units.loc[~units.control, "tested"].iloc[0]
-close_up = gt.indicator_curves(tele, units[units.tested == first], "hidden.weight", "stable_rank", EW)
+close_up = ews.indicator_curves(tele, units[units.tested == first], "hidden.weight", "stable_rank", EW)
 if len(close_up):
     close_up["kind"] = close_up.control.map({False: "grokking run", True: "control"})
     g = sns.relplot(data=close_up, x="step", y="value", hue="kind", units="run", estimator=None, row="quantity",
                     kind="line", lw=0.8, height=2.0, aspect=3.5, facet_kws={"sharey": False},
-                    row_order=["series", "residual", *gt.INDICATORS])
+                    row_order=["series", "residual", *ews.INDICATORS])
     g.set_titles("{row_name}")
     g.figure.suptitle(f"hidden.weight stable rank before the transition ({first})", y=1.02)
     plots.save(g.figure, out_dir, "indicators_hidden_stable_rank")
@@ -165,7 +168,7 @@ done["series"] = done.scope.str.replace(".weight", "", regex=False) + ":" + done
 done["kind"] = done.control.map({False: "grokking run", True: "control"})
 if len(done):
     g = sns.catplot(data=done, x="kendall_tau", y="series", hue="kind", col="indicator", kind="strip",
-                    col_order=[*gt.INDICATORS, gt.LEVEL], height=6, aspect=0.6, dodge=True, size=3, alpha=0.7)
+                    col_order=[*ews.INDICATORS, ews.LEVEL], height=6, aspect=0.6, dodge=True, size=3, alpha=0.7)
     for ax in g.axes.flat:
         ax.axvline(0, c="grey", lw=0.8)
     g.set_axis_labels("Kendall τ", "")
@@ -210,7 +213,7 @@ if len(pwr):
         ax.axhline(PW.target, ls="--", c="grey", lw=1)
         claimed = pwr[(pwr.test == test) & pwr.claimed]
         ax.scatter(claimed.effect, claimed.power, marker="*", s=120, c="k", zorder=3)
-        if gt.TESTS[test][1] == gt.LEVEL:
+        if ht.TESTS[test][1] == ews.LEVEL:
             ax.set(xscale="log", xlabel="tr Σ rise factor by t*")
         else:
             ax.set(xlabel="slowing s (AR coefficient: fraction of the way to 1)")
@@ -250,5 +253,5 @@ results.signals.round(3)
 # claim registry. `write_report` also writes `metrics.json` and the curves for `dvc plots`.
 
 # %%
-table = base.write_report(stage, results, P, out_dir)
+table = notebook.write_report(stage, results, P, out_dir)
 display(Markdown(plots.markdown_table(table.drop(columns="id"))))

@@ -38,7 +38,7 @@
 # it) and the **detrended residuals** (fluctuations about the trends). Significance against
 # phase-randomised surrogates of x.
 #
-# **Free choices the seed does not fix** (stated here and in `gradience.studies.hessian_coevolution`):
+# **Free choices the seed does not fix** (stated here and in `gradience.studies.hessian_coevolution.analysis`):
 # the model size, the corpus window, the regimes' η, the 200-step budget; the analysed window is
 # every step before divergence; the **predicted lead** K (the seed gives no number): 1 ≤ K ≤ 30
 # steps — a lead below one GD update cannot be causal, and a lead must fit inside the approach it
@@ -57,10 +57,10 @@ import seaborn as sns
 from IPython.display import Markdown, display
 
 from gradience import plots
-from gradience.studies import base
-from gradience.studies import hessian_coevolution as hc
+from gradience.studies import notebook
+from gradience.studies.hessian_coevolution import analysis as hc
 
-ctx = base.open_report(stage, report, out_dir)
+ctx = notebook.open_report(stage, report, out_dir)
 P, R, out_dir = ctx.params, ctx.tables.params, ctx.out_dir
 LL = P.lead_lag
 plots.set_theme()
@@ -235,5 +235,5 @@ plots.save(fig, out_dir, "lead_lag_pairs")
 # registry. `write_report` also writes `metrics.json` and the curves for `dvc plots`.
 
 # %%
-table = base.write_report(stage, results, P, out_dir)
+table = notebook.write_report(stage, results, P, out_dir)
 display(Markdown(plots.markdown_table(table.drop(columns="id"))))

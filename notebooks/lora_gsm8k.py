@@ -58,18 +58,19 @@ out_dir = None  # None: an interactive run, written to .gradience/scratch/lora_g
 from IPython.display import Markdown, display
 
 from gradience import plots
-from gradience.studies import base
-from gradience.studies import lora_family as lf
-from gradience.studies import lora_figures as lfig
-from gradience.studies import lora_gsm8k as study
+from gradience.studies import notebook
+from gradience.studies.lora_family import analysis as lf
+from gradience.studies.lora_family import figures as lfig
+from gradience.studies.lora_family.runs import CONFIGS
+from gradience.studies.lora_gsm8k import analysis as study
 
-ctx = base.open_report(stage, report, out_dir)
+ctx = notebook.open_report(stage, report, out_dir)
 P, R, out_dir = ctx.params, ctx.tables.params, ctx.out_dir
 plots.set_theme()
 print(f"profile={R.profile}  base model={R.base_model} ({R.dtype})  data={R.data.model_dump()}")
 print(f"steps={R.steps}  batch={R.batch_size}  lr_scale={R.lr_scale:g}  seeds={R.seeds}")
 print(f"every seed: {R.configs}\nfirst seed only: {R.first_seed_configs}\n"
-      f"only in the paper profile: {[c for c in lf.CONFIGS if c not in R.configs + R.first_seed_configs]}")
+      f"only in the paper profile: {[c for c in CONFIGS if c not in R.configs + R.first_seed_configs]}")
 results = study.analyse(ctx.tables, P)
 
 # %% [markdown]
@@ -130,7 +131,8 @@ print("Spearman across configurations:", lf.stable_rank_association(results))
 
 # %% [markdown]
 # ## Findings vs the seed
-# Verdicts are computed by `gradience.studies.lora_family` from the runs above with
+# Verdicts are computed by `gradience.studies.lora_gsm8k.findings` (the shared analyses by
+# `gradience.studies.lora_family.findings`) from the runs above with
 # `reporting.judged`: a difference counts when it exceeds `z` standard errors (seed spread and the
 # binomial test-set error combined); "not reproduced" only with `min_seeds` seeds per compared
 # configuration and `min_test_examples` scored examples, otherwise "not comparable" naming the
@@ -138,5 +140,5 @@ print("Spearman across configurations:", lf.stable_rank_association(results))
 # from the repository's claim registry.
 
 # %%
-table = base.write_report(stage, results, P, out_dir)
+table = notebook.write_report(stage, results, P, out_dir)
 display(Markdown(plots.markdown_table(table.drop(columns="id"))))

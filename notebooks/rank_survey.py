@@ -44,7 +44,7 @@
 # table below says which runs reached it, and the verdicts count it as a budget); the spike window
 # (from 50 % of the run for 4 % of it) and sizes; the mini-batch gradient rather than the full-batch
 # one; every threshold of the criteria below (report keys). The definitions are in
-# `gradience.studies.rank_survey`.
+# `gradience.studies.rank_survey.trajectories` (the criteria) and `gradience.studies.rank_survey.analysis`.
 
 # %% tags=["parameters"]
 stage = "rank_survey"
@@ -58,17 +58,19 @@ import seaborn as sns
 from IPython.display import Markdown, display
 
 from gradience import plots
-from gradience.studies import base, rank_survey
+from gradience.studies import notebook
+from gradience.studies.rank_survey import analysis as rank_survey
+from gradience.studies.rank_survey import runs as survey_runs
 
-ctx = base.open_report(stage, report, out_dir)
+ctx = notebook.open_report(stage, report, out_dir)
 P, R, out_dir = ctx.params, ctx.tables.params, ctx.out_dir
 plots.set_theme()
-arms = [rank_survey.arm_name(z) for z in R.sizes]
+arms = [survey_runs.arm_name(z) for z in R.sizes]
 matrices = [rank_survey.LABELS[m] for m in rank_survey.MATRICES]
 print(f"profile={R.profile}  seeds={R.seeds}  families={R.families}  spike sizes={R.sizes}")
 for f in R.families:
     fp = R.family(f)
-    print(f"  {f}: steps={fp.steps:,} lr={fp.lr:g} batch={fp.batch_size} spike window={rank_survey.family_spike_window(R, f)}")
+    print(f"  {f}: steps={fp.steps:,} lr={fp.lr:g} batch={fp.batch_size} spike window={survey_runs.family_spike_window(R, f)}")
 c, pl = P.criterion, P.plateau
 print(f"loss plateau: the last {pl.window_fraction:.0%} of steps move ≤ {pl.max_progress:.1%} of the loss decrease")
 print(f"shape criterion: smoothing {c.smoothing_window} points, expansion ≥ {c.expand_min:.0%}, "
@@ -98,7 +100,7 @@ fig, axes = plt.subplots(1, len(R.families), figsize=(4.4 * len(R.families), 3.5
 for ax, family in zip(axes[0], R.families, strict=True):
     d = model[(model.family == family) & (model.step > 0)]
     sns.lineplot(data=d, x="step", y="train_loss", hue="arm", hue_order=arms, errorbar=("pi", 100), ax=ax)
-    start, end = rank_survey.family_spike_window(R, family)
+    start, end = survey_runs.family_spike_window(R, family)
     steps = R.family(family).steps
     ax.axvspan(start, end, color="red", alpha=0.15, label="spike window")
     ax.axvspan((1 - pl.window_fraction) * steps, steps, color="grey", alpha=0.15, label="plateau check")
@@ -134,7 +136,7 @@ plots.save(fig, out_dir, "effective_rank_trajectories")
 
 # %% [markdown]
 # ## Trajectory shapes and between-seed agreement (healthy runs)
-# Each healthy layer × seed trajectory gets one shape label (criterion in the study module); the
+# Each healthy layer × seed trajectory gets one shape label (criterion in `rank_survey.trajectories`); the
 # between-seed R² asks whether seeds trace the same per-layer curve (falsifier 4). The layer table
 # gives how far each W moved (‖W_T − W₀‖_F / ‖W₀‖_F) and where it started (r_eff(W₀) / r_max).
 
@@ -192,7 +194,7 @@ display(dose.groupby(["family", "arm"], sort=False)[["setback", "destabilised", 
 # %%
 fig, axes = plt.subplots(3, len(R.families), figsize=(4.6 * len(R.families), 9.0), squeeze=False, sharex="col")
 for j, family in enumerate(R.families):
-    start, end = rank_survey.family_spike_window(R, family)
+    start, end = survey_runs.family_spike_window(R, family)
     for i, of in enumerate(matrices):
         ax = axes[i, j]
         d = ranks[(ranks.family == family) & (ranks.of == of) & (ranks.step > 0)]
@@ -216,5 +218,5 @@ plots.save(fig, out_dir, "rank_by_spike_size")
 # and the curves for `dvc plots`.
 
 # %%
-table = base.write_report(stage, results, P, out_dir)
+table = notebook.write_report(stage, results, P, out_dir)
 display(Markdown(plots.markdown_table(table.drop(columns="id"))))

@@ -31,7 +31,7 @@
 # Tasks: modular addition grokking (TokenPairMLP, p = 97, 40 % train), the 8×8 digits CNN (no batch
 # norm), and LoRA on all-MiniLM-L6-v2 for fine-food review sentiment (SST-2 schema).
 #
-# **Free choices** (stated in `gradience.studies.rosetta` and `gradience.rosetta`): σ_k = the smallest
+# **Free choices** (stated in `gradience.studies.rosetta.runs` and `gradience.rosetta`): σ_k = the smallest
 # singular value ≥ √ε·σ_max (the document never defines its index); the MASS terms: η_ceiling =
 # 2/λ_max, η_sps = L/‖g‖² (L* = 0), η_weyl = min_W σ_k(W)/‖∂L/∂W‖₂; the MASS step drives plain SGD
 # (the document removes Adam/momentum); ε and decay from the *initial* weights; rule 9 evaluated on
@@ -62,10 +62,11 @@ import seaborn as sns
 from IPython.display import Markdown, display
 
 from gradience import plots
-from gradience.studies import base
-from gradience.studies import rosetta as ro
+from gradience.studies import notebook
+from gradience.studies.rosetta import analysis as ro
+from gradience.studies.rosetta.runs import CONVENTIONAL
 
-ctx = base.open_report(stage, report, out_dir)
+ctx = notebook.open_report(stage, report, out_dir)
 P, R, out_dir = ctx.params, ctx.tables.params, ctx.out_dir
 plots.set_theme()
 results = ro.analyse(ctx.tables, P)
@@ -83,7 +84,7 @@ display(Markdown(plots.markdown_table(t.round(4))))
 fig, axes = plt.subplots(1, t.task.nunique(), figsize=(4.5 * t.task.nunique(), 3.6), squeeze=False)
 for ax, (task, g) in zip(axes[0], t.groupby("task", sort=False), strict=True):
     ax.bar(g.arm, g.acc_mean, yerr=g.acc_sd.fillna(0), color=sns.color_palette(n_colors=len(g)))
-    ax.axhline(float(g[g.arm == ro.CONVENTIONAL].acc_mean.iloc[0]), ls="--", c="k", lw=1)
+    ax.axhline(float(g[g.arm == CONVENTIONAL].acc_mean.iloc[0]), ls="--", c="k", lw=1)
     for i, (d, r) in enumerate(zip(g.diverged, g.runs, strict=True)):
         if d:
             ax.text(i, 0.03, f"{d}/{r}\ndiverged", ha="center", fontsize=8)
@@ -150,7 +151,7 @@ if len(lo):
 s = results.summary
 cols = [c for c in ["run", "batch_size", "b_crit_init", "b_crit_final", "stop_step", "stop_reason", "stop_test_acc",
                     "final_test_acc"] if c in s]
-display(Markdown(plots.markdown_table(s[(s.arm == ro.CONVENTIONAL) & (s.task != "reviews")][cols].round(4))))
+display(Markdown(plots.markdown_table(s[(s.arm == CONVENTIONAL) & (s.task != "reviews")][cols].round(4))))
 
 # %% [markdown]
 # ## Findings vs the seed
@@ -160,5 +161,5 @@ display(Markdown(plots.markdown_table(s[(s.arm == ro.CONVENTIONAL) & (s.task != 
 # registry. `write_report` also writes `metrics.json` and the curves for `dvc plots`.
 
 # %%
-table = base.write_report(stage, results, P, out_dir)
+table = notebook.write_report(stage, results, P, out_dir)
 display(Markdown(plots.markdown_table(table.drop(columns="id"))))

@@ -20,7 +20,7 @@
 # attention and the edge carry? Which class (functional / mixed / compression) is each task's edge,
 # and does redundancy predict it?
 #
-# **Protocol.** Two tasks, one training loop (`gradience.studies.spectral_edge.run_one`):
+# **Protocol.** Two tasks, one training loop (`gradience.studies.spectral_edge.runs.run_one`):
 # - **Dyck-1**: balanced words of fixed length; the target at each position is the nesting depth.
 #   A GPT-2-style 2-layer causal pre-LN transformer with learned positions (`transformers.GPT2Model`)
 #   and a per-position head, on a small training set in full batches (the seed: 50 words).
@@ -78,10 +78,10 @@ import seaborn as sns
 from IPython.display import Markdown, display
 
 from gradience import plots
-from gradience.studies import base
-from gradience.studies import spectral_edge as se
+from gradience.studies import notebook
+from gradience.studies.spectral_edge import analysis as se
 
-ctx = base.open_report(stage, report, out_dir)
+ctx = notebook.open_report(stage, report, out_dir)
 P, R, out_dir = ctx.params, ctx.tables.params, ctx.out_dir
 plots.set_theme()
 print(f"profile={R.profile}  seeds={R.seeds}  edge from {R.edge_params} parameters, window {R.window}\n"
@@ -175,5 +175,5 @@ display(cls.round(3))
 # tasks), otherwise "not comparable" naming the budget. The seed column comes from the claim registry.
 
 # %%
-table = base.write_report(stage, a, P, out_dir)
+table = notebook.write_report(stage, a, P, out_dir)
 display(Markdown(plots.markdown_table(table.drop(columns="id"))))

@@ -52,7 +52,7 @@ def test_readme_names_every_source_document_and_the_registry_is_consistent():
 def test_every_registered_claim_is_tested_by_a_study():
     from gradience.reporting import claims
 
-    code = "".join(p.read_text() for p in Path(REPO, "src/gradience/studies").glob("*.py"))
+    code = "".join(p.read_text() for p in Path(REPO, "src/gradience/studies").rglob("*.py"))
     unused = [cid for cid in claims() if f'"{cid}"' not in code]
     assert not unused, f"claims no study tests: {unused}"
 

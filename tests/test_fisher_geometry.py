@@ -10,8 +10,11 @@ from torch import nn
 from gradience.config import ParamsError
 from gradience.profiles import profile_params
 from gradience.reporting import VERDICTS
-from gradience.studies import base
-from gradience.studies import fisher_geometry as fg
+from gradience.studies import grid, notebook
+from gradience.studies.fisher_geometry import analysis as fg
+from gradience.studies.fisher_geometry import findings as fg_findings
+from gradience.studies.fisher_geometry import runs as fg_runs
+from gradience.studies.protocol import Tables
 from gradience.tasks import Split
 from gradience.telemetry import fisher
 from gradience.training import StepContext
@@ -21,7 +24,7 @@ STAGE = "fisher_geometry"
 
 @pytest.fixture
 def smoke():
-    return base.load_params(STAGE, profile_params("smoke")[STAGE])
+    return notebook.load_params(STAGE, profile_params("smoke")[STAGE])
 
 
 def test_params_reject_unknown_metrics_and_an_empty_window():
@@ -29,18 +32,18 @@ def test_params_reject_unknown_metrics_and_an_empty_window():
     analysis = section["report"]["analysis"]
     bad = section | {"report": {"analysis": analysis | {"pairs": [["kappa", "fisher_det"]]}}}
     with pytest.raises(ParamsError, match=r"fisher_geometry.report.analysis.pairs = .*unknown metrics \['fisher_det'\]"):
-        base.load_params(STAGE, bad)
+        notebook.load_params(STAGE, bad)
     dup = section | {"runs": section["runs"] | {"regimes": [section["runs"]["regimes"][0]] * 2}}
     with pytest.raises(ParamsError, match="regime names must be unique"):
-        base.load_params(STAGE, dup)
+        notebook.load_params(STAGE, dup)
     window = section | {"report": {"analysis": analysis | {"start_loss": 3.0, "matched_loss": 3.5}}}
     with pytest.raises(ParamsError, match=r"start_loss=3.0 must be > matched_loss=3.5"):
-        base.load_params(STAGE, window)
+        notebook.load_params(STAGE, window)
 
 
 def test_analyse_rejects_an_unmeasured_kind_damping_or_calibration_seeds(smoke):
     """Checked in ``analyse`` against the runs params saved with the tables, before any work."""
-    tables = base.Tables(smoke.runs.model_copy(update={"fisher": smoke.runs.fisher.model_copy(update={"kinds": ["empirical"]})}),
+    tables = Tables(smoke.runs.model_copy(update={"fisher": smoke.runs.fisher.model_copy(update={"kinds": ["empirical"]})}),
                          pd.DataFrame(), {"telemetry": pd.DataFrame(), "spectra": pd.DataFrame()})
     with pytest.raises(ValueError, match=r"analysis.kind='true' is not among the measured .*fisher.kinds=\['empirical'\]"):
         fg.analyse(tables, smoke.report)
@@ -57,7 +60,7 @@ def test_analyse_rejects_an_unmeasured_kind_damping_or_calibration_seeds(smoke):
 
 def test_jobs_are_every_regime_times_every_seed_with_unique_run_ids(smoke):
     p = smoke.runs.model_copy(update={"seeds": [3, 4]})
-    jobs = fg.jobs(p, "data")
+    jobs = fg_runs.jobs(p, "data")
     assert [(j.condition, j.seed) for j in jobs] == [(r.name, s) for r in p.regimes for s in (3, 4)]
     assert len({j.run_id for j in jobs}) == len(jobs) == 2 * len(p.regimes)
 
@@ -72,7 +75,7 @@ def _model_and_split():
 def test_probe_keeps_w0_so_alignment_over_w0_is_one_at_step_0_and_matches_the_definition(smoke):
     model, split = _model_and_split()
     f = smoke.runs.fisher.model_copy(update={"kinds": ["empirical"], "top_k": 3})
-    probe = fg.fisher_probe(f)
+    probe = fg_runs.fisher_probe(f)
     ctx = StepContext(step=0, model=model, batch=(split.x_train, split.y_train), loss=0.0, lr=0.1, split=split)
     first = {(s, m): v for s, m, v in probe(ctx)}
     assert first["model", "emp_fisher_share_w0_enrichment"] == pytest.approx(1.0, rel=1e-12)
@@ -181,7 +184,7 @@ def test_verdicts_follow_the_measurements_and_the_budgets(smoke):
     def verdicts(summary, coupling):
         a, report = _analysis(summary, smoke)
         a.coupling = coupling
-        rows = fg.findings(a, report)
+        rows = fg_findings.findings(a, report)
         assert all(r["why"] for r in rows)
         return {r["id"].removeprefix("fisher_geometry."): (r["verdict"], r["why"]) for r in rows}
 
@@ -205,8 +208,8 @@ def test_verdicts_follow_the_measurements_and_the_budgets(smoke):
 
 
 def test_smoke_study_end_to_end(smoke, data_dir, tmp_path):
-    base.train(STAGE, smoke, tmp_path, data_dir)
-    t = base.load_tables(STAGE, tmp_path / "tables")
+    grid.train(STAGE, smoke, tmp_path, data_dir)
+    t = notebook.load_tables(STAGE, tmp_path / "tables")
     assert t.params == smoke.runs and set(t.frames) == {"telemetry", "spectra"}
     a = fg.analyse(t, smoke.report)
     assert set(a.summary.regime) == {"stable", "unstable"}
@@ -222,13 +225,13 @@ def test_smoke_study_end_to_end(smoke, data_dir, tmp_path):
     assert len(a.coupling) == len(a.summary) * len(smoke.report.analysis.pairs)
     assert set(a.sensitivity.measure) == set(fg.ALIGNMENTS) and set(a.h3) == set(fg.ALIGNMENTS)
     assert len(a.per_matrix) and (a.per_matrix.step > 0).all() and not a.per_matrix.matrix.str.contains("weight").any()
-    rows = fg.findings(a, smoke.report)
+    rows = fg_findings.findings(a, smoke.report)
     assert not any("|" in text for r in rows for text in r.values())  # the table is rendered as markdown
     assert {r["verdict"] for r in rows} <= set(VERDICTS)
     m = fg.metrics(a, smoke.report)
     assert set(m["regimes"]) == {"stable", "unstable"} and set(m["h3"]) == set(fg.ALIGNMENTS)
     c = fg.curves(a, smoke.report)
     assert set(c.curve) == {f"{k}_{r}" for k in ("train_loss", "ng_alignment") for r in ("stable", "unstable")}
-    table = base.write_report(STAGE, a, smoke.report, tmp_path)
+    table = notebook.write_report(STAGE, a, smoke.report, tmp_path)
     assert len(table) == len(rows)
     assert set(json.loads((tmp_path / "metrics.json").read_text())) == {"regimes", "h3", "matched_loss", "findings"}

@@ -11,8 +11,12 @@ import torch
 from pydantic import ValidationError
 
 from gradience.config import ParamsError
-from gradience.studies import base
-from gradience.studies import gradient_rank as gr
+from gradience.studies import notebook
+from gradience.studies.gradient_rank import analysis as gr
+from gradience.studies.gradient_rank import findings as gr_findings
+from gradience.studies.gradient_rank import paper_tables as gr_tables
+from gradience.studies.gradient_rank import runs as gr_runs
+from gradience.studies.protocol import Job, Tables
 from gradience.telemetry import kbasis as kb
 
 torch.set_num_threads(1)
@@ -30,18 +34,18 @@ RUNS = {
 
 @pytest.fixture(scope="module")
 def smoke():
-    return base.load_params("gradient_rank", {"runs": RUNS})
+    return notebook.load_params("gradient_rank", {"runs": RUNS})
 
 
 def test_params_errors_name_the_key():
     with pytest.raises(ParamsError, match="ks"):
-        base.load_params("gradient_rank", {"runs": {**RUNS, "ks": [2, 2]}})
+        notebook.load_params("gradient_rank", {"runs": {**RUNS, "ks": [2, 2]}})
     with pytest.raises(ParamsError, match="ks"):
-        base.load_params("gradient_rank", {"runs": {**RUNS, "ks": [0, 2]}})
+        notebook.load_params("gradient_rank", {"runs": {**RUNS, "ks": [0, 2]}})
     with pytest.raises(ParamsError, match="batch_size"):
-        base.load_params("gradient_rank", {"runs": {**RUNS, "train": {"lr": 0.1, "batch_size": 99}}})
+        notebook.load_params("gradient_rank", {"runs": {**RUNS, "train": {"lr": 0.1, "batch_size": 99}}})
     with pytest.raises(ParamsError, match="lr"):
-        base.load_params("gradient_rank", {"runs": {**RUNS, "train": {"lr": 0, "batch_size": 4}}})
+        notebook.load_params("gradient_rank", {"runs": {**RUNS, "train": {"lr": 0, "batch_size": 4}}})
     with pytest.raises(ValidationError, match="last"):
         gr.Phase(name="x", first=5, last=2)
     with pytest.raises(ValidationError, match="phase names"):
@@ -49,31 +53,32 @@ def test_params_errors_name_the_key():
 
 
 def test_schedule_and_stepset():
-    s = gr.Schedule(dense_until=10, dense_every=4, sparse_every=25)
+    s = gr_runs.Schedule(dense_until=10, dense_every=4, sparse_every=25)
     assert s.steps(60) == [0, 1, 4, 5, 8, 10, 20, 25, 40, 50, 60]
-    assert gr.Schedule().steps(3) == [0, 1, 2, 3]
-    cad = gr.StepSet([3, 0, 7])
+    assert gr_runs.Schedule().steps(3) == [0, 1, 2, 3]
+    cad = gr_runs.StepSet([3, 0, 7])
     assert 7 in cad and 3 in cad and 4 not in cad and len(cad) == 3
     with pytest.raises(ValueError):
-        gr.StepSet([])
+        gr_runs.StepSet([])
 
 
 def test_jobs_on_smoke_profile(smoke):
-    jobs = gr.jobs(smoke.runs, "data")
+    jobs = gr_runs.jobs(smoke.runs, "data")
     assert [j.run_id for j in jobs] == ["trajectory/s0", "adapt/s0"]
-    none = smoke.runs.model_copy(update={"adapt": gr.Adapt(ks=[], full_control=False)})
-    assert [j.condition for j in gr.jobs(none, "data")] == ["trajectory"]
+    none = smoke.runs.model_copy(update={"adapt": gr_runs.Adapt(ks=[], full_control=False)})
+    assert [j.condition for j in gr_runs.jobs(none, "data")] == ["trajectory"]
 
 
 def test_run_one_tiny(smoke, data_dir):
-    traj = gr.run_one(base.Job(smoke.runs, "trajectory", 0, str(data_dir)))
+    traj = gr_runs.run_one(Job(smoke.runs, "trajectory", 0, str(data_dir)))
     tel = traj.tables["telemetry"]
-    s = gr.model_series(tel)
+    runs = pd.DataFrame({"run": ["trajectory/s0"], "condition": ["trajectory"], "seed": [0]})
+    s = gr.model_series(tel, runs)
     assert sorted(s.step) == [0, 1, 2, 3]
     measured = s[s.step < 3]
     # the K-constrained ER is bounded by K, the coverage is its ratio to the true ER, cosines in [0, 1]
     assert (measured.k2_er <= 2 + 1e-9).all() and (measured.k8_er <= 8 + 1e-9).all()
-    m = gr.matrix_series(tel)
+    m = gr.matrix_series(tel, runs)
     row = m[(m.step == 1)].iloc[0]
     assert row.k8_coverage == pytest.approx(100 * row.k8_er / row.grad_er)
     assert 0 <= row.k2_cos <= row.k8_cos <= row.k8_cos_subspace + 1e-12 <= 1 + 1e-9
@@ -82,13 +87,17 @@ def test_run_one_tiny(smoke, data_dir):
     assert s[s.step == 1].grad_er_layer0.iloc[0] == pytest.approx(layer0)
     assert traj.record["measured_steps"] == 4
 
-    adapt = gr.run_one(base.Job(smoke.runs, "adapt", 0, str(data_dir)))
+    adapt = gr_runs.run_one(Job(smoke.runs, "adapt", 0, str(data_dir)))
     rows = adapt.tables["adapt"]
     assert list(rows.arm) == ["k2", "k8", "full"]
     assert list(rows.trainable.iloc[:2]) == [2 * 16, 8 * 16]  # 16 two-D weights, K coefficients each (d = 8)
     assert rows.checkpoint_train_loss.nunique() == 1
     assert (rows.train_loss < rows.checkpoint_train_loss + 0.5).all()
     assert set(adapt.tables["telemetry"].run) == {"adapt/s0/k2", "adapt/s0/k8", "adapt/s0/full"}
+    # the arms' telemetry is joined to the adapt table's recorded run, seed and arm
+    arms = gr.adapt_series(adapt.tables["telemetry"], rows)
+    assert set(zip(arms.seed, arms.arm, strict=True)) == {(0, "k2"), (0, "k8"), (0, "full")}
+    assert sorted(arms.step.unique()) == [0, 2]
     # the checkpoint is the trajectory's weights after from_step updates: the step-1 gradient ER agrees
     a0 = adapt.tables["telemetry"]
     a0 = a0[(a0.run == "adapt/s0/full") & (a0.step == 0) & (a0.scope == "model") & (a0.metric == "grad_er_mean")]
@@ -107,7 +116,7 @@ def _synthetic_series(shape: str, seeds=(0, 1, 2)) -> pd.DataFrame:
                 er = 20 - 15 * math.exp(-((t - 20) / 8) ** 2)
             run = f"trajectory/s{seed}"
             vals = {"grad_er_mean": er, "grad_er_max": 2 * er, "batch_loss": 4 - t / 20, "k95": er * 1.6}
-            for k in gr.PAPER_KS:
+            for k in gr_runs.PAPER_KS:
                 vals |= {f"k{k}_er": 0.62 * k, f"k{k}_cos": 0.1 + k / 100, f"k{k}_cos_subspace": min(1, k / 64)}
             for i in range(8):
                 vals |= {f"grad_er_layer{i}": er - i * 0.1}
@@ -119,15 +128,17 @@ def _synthetic_series(shape: str, seeds=(0, 1, 2)) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "step", "scope", "metric", "value"])
 
 
-def _tables(shape: str, adapt_gap: float) -> base.Tables:
-    runs = gr.RunParams.model_validate({**RUNS, "seeds": [0, 1, 2], "steps": 40, "ks": list(gr.PAPER_KS),
+def _tables(shape: str, adapt_gap: float) -> Tables:
+    runs = gr_runs.RunParams.model_validate({**RUNS, "seeds": [0, 1, 2], "steps": 40, "ks": list(gr_runs.PAPER_KS),
                                         "model": {"d_model": 64, "n_layers": 8, "n_heads": 4, "d_mlp": 64},
                                         "adapt": {"from_step": 40, "steps": 40}})
     adapt = pd.DataFrame([{"run": f"adapt/s{s}", "seed": s, "arm": f"k{k}", "k": float(k), "trainable": k,
                            "outcome": "completed", "checkpoint_step": 40, "checkpoint_train_loss": 3.0,
                            "checkpoint_test_loss": 3.1, "train_loss": 3.0 - adapt_gap * math.log2(k) / 6,
-                           "test_loss": 3.1} for s in (0, 1, 2) for k in gr.PAPER_KS])
-    return base.Tables(runs, pd.DataFrame({"run": ["x"]}), {"telemetry": _synthetic_series(shape), "adapt": adapt})
+                           "test_loss": 3.1} for s in (0, 1, 2) for k in gr_runs.PAPER_KS])
+    table = pd.DataFrame({"run": [f"{c}/s{s}" for c in ("trajectory", "adapt") for s in (0, 1, 2)],
+                          "condition": ["trajectory"] * 3 + ["adapt"] * 3, "seed": [0, 1, 2] * 2})
+    return Tables(runs, table, {"telemetry": _synthetic_series(shape), "adapt": adapt})
 
 
 def test_analysis_of_a_rise_and_fall():
@@ -140,7 +151,7 @@ def test_analysis_of_a_rise_and_fall():
     assert t2.loc[32, "er_k_mean"] == pytest.approx(0.62 * 32)
     assert t2.loc[8, "pct_mean"] == pytest.approx(100 * 0.62 * 8 / er1)
     assert list(a.table3.layer) == list(range(8)) and a.table3.paper_er.iloc[0] == 9.88
-    f = {r["id"]: r for r in gr.findings(a, p)}
+    f = {r["id"]: r for r in gr_findings.findings(a, p)}
     assert f["gradient_rank.er_rise_fall"]["verdict"] == "reproduced"
     assert f["gradient_rank.k8_at_step1"]["verdict"] == "reproduced"  # 4.96 ≥ 95 % of 5.05 > 2.48
     assert f["gradient_rank.k32_at_peak"]["verdict"] == "reproduced"  # 19.84 ≥ 95 % of 20 > 9.92
@@ -159,19 +170,19 @@ def test_analysis_of_a_fall_and_rise_is_not_reproduced():
     p = gr.ReportParams()
     a = gr.analyse(_tables("fall-rise", -0.3), p)
     assert set(a.shapes["shape"]) == {"fall-rise"}
-    f = {r["id"]: r for r in gr.findings(a, p)}
+    f = {r["id"]: r for r in gr_findings.findings(a, p)}
     assert f["gradient_rank.er_rise_fall"]["verdict"] == "not reproduced"
     assert "3 fall then rise" in f["gradient_rank.er_rise_fall"]["measured"]
     assert f["gradient_rank.k64_beats_k32"]["verdict"] == "not reproduced"
     short = gr.ReportParams(min_seeds=5)
-    assert gr.findings(a, short)[0]["verdict"] == "not comparable"
+    assert gr_findings.findings(a, short)[0]["verdict"] == "not comparable"
 
 
 def test_k_grid_and_coverage_ratio():
-    assert gr.k_grid_for({2: 50.0, 4: 94.9, 8: 120.0}) == 8
-    assert math.isnan(gr.k_grid_for({2: 50.0, 4: float("nan")}))
+    assert gr_tables.k_grid_for({2: 50.0, 4: 94.9, 8: 120.0}) == 8
+    assert math.isnan(gr_tables.k_grid_for({2: 50.0, 4: float("nan")}))
     s = pd.DataFrame({"k32_er": [20.0], "grad_er_mean": [10.0]})
-    assert gr.coverage_ratio(s, 32).iloc[0] == 200.0
+    assert gr_tables.coverage_ratio(s, 32).iloc[0] == 200.0
 
 
 def test_stepset_drives_the_training_loop():
@@ -185,7 +196,7 @@ def test_stepset_drives_the_training_loop():
     x = torch.randint(0, 5, (8, 3))
     split = Split(x, x, x, x)
     rec = Recorder("r")
-    train(model, split, TrainConfig(steps=5, lr=0.01, batch_size=4), recorder=rec, cadence=gr.StepSet([0, 2, 5]))
+    train(model, split, TrainConfig(steps=5, lr=0.01, batch_size=4), recorder=rec, cadence=gr_runs.StepSet([0, 2, 5]))
     assert sorted(rec.frame().step.unique()) == [0, 2, 5]
 
 

@@ -7,19 +7,23 @@ import pytest
 import torch
 
 from gradience.profiles import profile_params
-from gradience.studies import base, grokking
+from gradience.studies import grid, notebook
+from gradience.studies.grokking import analysis as grokking
+from gradience.studies.grokking import findings as grokking_findings
+from gradience.studies.grokking import runs as grokking_runs
+from gradience.telemetry.signals import first_step_staying
 
 
 @pytest.fixture
 def smoke_params():
-    return base.load_params("grokking", profile_params("smoke")["grokking"])
+    return notebook.load_params("grokking", profile_params("smoke")["grokking"])
 
 
 def test_grok_step_is_first_step_from_which_accuracy_stays_high():
     steps = np.array([0, 10, 20, 30, 40, 50])
-    assert grokking.grok_step(steps, np.array([0, 0.96, 0.5, 0.97, 0.99, 1.0]), 0.95) == 30
-    assert grokking.grok_step(steps, np.array([1.0] * 6), 0.95) == 0
-    assert math.isnan(grokking.grok_step(steps, np.array([0, 0.99, 0.99, 0.99, 0.99, 0.9]), 0.95))
+    assert first_step_staying(steps, np.array([0, 0.96, 0.5, 0.97, 0.99, 1.0]), 0.95) == 30
+    assert first_step_staying(steps, np.array([1.0] * 6), 0.95) == 0
+    assert math.isnan(first_step_staying(steps, np.array([0, 0.99, 0.99, 0.99, 0.99, 0.9]), 0.95))
 
 
 def test_kappa_summary_uses_the_smoothed_curve():
@@ -104,7 +108,7 @@ def test_shuffled_labels_permute_the_answers(data_dir):
 
 def test_jobs_cover_conditions_times_seeds_with_unique_ids(smoke_params):
     runs = smoke_params.runs.model_copy(update={"seeds": [0, 1, 2]})
-    jobs = grokking.jobs(runs, "data")
+    jobs = grokking_runs.jobs(runs, "data")
     assert len(jobs) == len(runs.conditions) * 3
     assert len({j.run_id for j in jobs}) == len(jobs)
     assert jobs[0].run_id == f"{runs.conditions[0].name}/s0" and jobs[0].spec == runs.conditions[0]
@@ -113,12 +117,12 @@ def test_jobs_cover_conditions_times_seeds_with_unique_ids(smoke_params):
 def test_smoke_study_writes_tables_and_is_deterministic(smoke_params, data_dir, tmp_path):
     runs = smoke_params.runs.model_dump()
     runs["conditions"][0] |= {"steps": 30}  # a condition's own run length
-    smoke_params = smoke_params.model_copy(update={"runs": grokking.RunParams.model_validate(runs)})
-    tables_a = base.train("grokking", smoke_params, tmp_path / "a", data_dir)
-    tables_b = base.train("grokking", smoke_params.model_copy(update={"workers": 2}), tmp_path / "b", data_dir)
+    smoke_params = smoke_params.model_copy(update={"runs": grokking_runs.RunParams.model_validate(runs)})
+    tables_a = grid.train("grokking", smoke_params, tmp_path / "a", data_dir)
+    tables_b = grid.train("grokking", smoke_params.model_copy(update={"workers": 2}), tmp_path / "b", data_dir)
     assert sorted(f.name for f in tables_a.iterdir()) == ["params.json", "runs.parquet", "spectra.parquet",
                                                           "telemetry.parquet"]
-    a, b = base.load_tables("grokking", tables_a), base.load_tables("grokking", tables_b)
+    a, b = notebook.load_tables("grokking", tables_a), notebook.load_tables("grokking", tables_b)
     pd.testing.assert_frame_equal(a.telemetry, b.telemetry)  # workers cannot change a result
     pd.testing.assert_frame_equal(a.spectra, b.spectra)
     assert a.params == smoke_params.runs
@@ -131,7 +135,7 @@ def test_smoke_study_writes_tables_and_is_deterministic(smoke_params, data_dir, 
     assert a.runs.set_index("condition")["steps"].to_dict() == {"add_wd1": 30, "mul_wd0.1": smoke_params.runs.steps}
     assert a.runs.set_index("condition")["clock"]["add_wd1"] == pytest.approx(smoke_params.runs.lr * 30)
     assert set(analysis.kappa["scope"]) == {"model", "embed.weight", "hidden.weight", "readout.weight"}
-    table = base.write_report("grokking", analysis, smoke_params.report, tmp_path / "a")
+    table = notebook.write_report("grokking", analysis, smoke_params.report, tmp_path / "a")
     assert set(table["verdict"]) <= {"reproduced", "not reproduced", "not comparable", "inconclusive"}
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert set(metrics["conditions"]) == {"add_wd1", "mul_wd0.1"}
@@ -144,7 +148,7 @@ def test_smoke_study_writes_tables_and_is_deterministic(smoke_params, data_dir, 
 
 def test_missing_tables_say_which_stage_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"dvc repro grokking_runs"):
-        base.load_tables("grokking", tmp_path)
+        notebook.load_tables("grokking", tmp_path)
 
 
 def _run(cond, seed, grokked, wd, steps=10_000, kprobe=100.0, krec=10.0, growth=2.0, rand=False):
@@ -177,7 +181,7 @@ def test_findings_verdicts_follow_the_measurements_and_the_budgets(smoke_params)
             + [_run("add_wd0", s, False, 0.0, krec=1.5, growth=90.0) for s in seeds]
             + [_run("rand_wd1", s, False, 1.0, steps=2000, krec=1.1, growth=70.0, rand=True) for s in seeds])
     a, p = _analysis(smoke_params, rows)
-    got = {r["id"]: r for r in grokking.findings(a, p)}
+    got = {r["id"]: r for r in grokking_findings.findings(a, p)}
     verdicts = {k: r["verdict"] for k, r in got.items()}
     assert verdicts == {
         "grokking.mul_wd0.1_groks": "reproduced",  # clock 10 ≥ 10
@@ -199,12 +203,12 @@ def test_findings_verdicts_follow_the_measurements_and_the_budgets(smoke_params)
     for r in rows[4:8]:
         r["kappa_probe"] = 10.0  # ordering fails
     a, p = _analysis(smoke_params, rows)
-    got = {r["id"]: r["verdict"] for r in grokking.findings(a, p)}
+    got = {r["id"]: r["verdict"] for r in grokking_findings.findings(a, p)}
     assert got["grokking.add_wd0.1_memorises"] == "not reproduced"
     assert got["grokking.kappa_10k_ordering"] == "not reproduced"
     short = [dict(r, steps=3000, clock=r["clock"] * 0.3) for r in rows]  # the old 3k-step budget
     a, p = _analysis(smoke_params, short)
-    assert {r["id"]: r["verdict"] for r in grokking.findings(a, p)}["grokking.add_wd0.1_memorises"] == "not comparable"
+    assert {r["id"]: r["verdict"] for r in grokking_findings.findings(a, p)}["grokking.add_wd0.1_memorises"] == "not comparable"
 
 
 def test_paper_profile_transformer_path_trains_on_cpu(smoke_params, data_dir, tmp_path):
@@ -216,8 +220,8 @@ def test_paper_profile_transformer_path_trains_on_cpu(smoke_params, data_dir, tm
         "device": "auto", "steps": 8, "conditions": runs["conditions"][:1],
         "model": {"kind": "transformer", "d_embed": 16, "d_hidden": 32, "n_layers": 1, "n_heads": 2},
     }}
-    p = base.load_params("grokking", tiny)
-    t = base.load_tables("grokking", base.train("grokking", p, tmp_path, data_dir))
+    p = notebook.load_params("grokking", tiny)
+    t = notebook.load_tables("grokking", grid.train("grokking", p, tmp_path, data_dir))
     scopes = set(t.telemetry["scope"])
     assert any("q_proj" in s for s in scopes) and any("down_proj" in s for s in scopes)
     assert t.runs["outcome"].tolist() == ["completed"]

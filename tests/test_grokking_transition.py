@@ -8,15 +8,20 @@ import pytest
 from gradience.config import ParamsError
 from gradience.profiles import profile_params
 from gradience.reporting import VERDICTS
-from gradience.studies import base, grokking
-from gradience.studies import grokking_transition as gt
+from gradience.studies import grid, notebook
+from gradience.studies.grokking_transition import analysis as gt
+from gradience.studies.grokking_transition import early_warning as ews
+from gradience.studies.grokking_transition import findings as gt_findings
+from gradience.studies.grokking_transition import hypothesis_tests as ht
+from gradience.studies.grokking_transition import runs as gt_runs
+from gradience.telemetry.signals import first_step_staying
 
 STAGE = "grokking_transition"
 
 
 @pytest.fixture
 def smoke_params():
-    return base.load_params(STAGE, profile_params("smoke")[STAGE])
+    return notebook.load_params(STAGE, profile_params("smoke")[STAGE])
 
 
 def _acc_telemetry(run, steps, train_acc, test_acc):
@@ -42,7 +47,7 @@ def test_transitions_and_analysis_units_with_matched_control_windows():
     assert tr.loc["g/s1", ["t_mem", "t_onset", "grok_step"]].tolist() == [10, 60, 80]
     assert tr["grokked"].tolist() == [True, True, False, False, False]
     acc = tele[(tele.run == "g/s0") & (tele.metric == "test_acc")]
-    assert grokking.grok_step(acc.step.to_numpy(), acc.value.to_numpy(), 0.1) == tr.loc["g/s0", "t_onset"]
+    assert first_step_staying(acc.step.to_numpy(), acc.value.to_numpy(), 0.1) == tr.loc["g/s0", "t_onset"]
     u = gt.analysis_units(tr.reset_index()).set_index(["run", "tested"])
     # tested runs: their own window; a run that did not grok has none
     assert u.loc[("g/s0", "g"), ["window_start", "window_end"]].tolist() == [20, 50]
@@ -56,16 +61,16 @@ def test_transitions_and_analysis_units_with_matched_control_windows():
 
 
 def test_controls_needed_is_the_smallest_mann_whitney_design_that_can_reach_alpha():
-    assert gt.controls_needed(3, 0.05) == 4  # 3 vs 3: smallest p = 1/20 = 0.05, not < 0.05
-    assert gt.controls_needed(2, 0.05) == 5  # 1/C(7, 5) = 1/21
-    assert gt.controls_needed(9, 0.05) == 2  # 1/C(11, 2) = 1/55
+    assert ht.controls_needed(3, 0.05) == 4  # 3 vs 3: smallest p = 1/20 = 0.05, not < 0.05
+    assert ht.controls_needed(2, 0.05) == 5  # 1/C(7, 5) = 1/21
+    assert ht.controls_needed(9, 0.05) == 2  # 1/C(11, 2) = 1/55
 
 
 def test_alarm_is_the_first_index_from_which_the_indicator_stays_above_baseline():
     ind = np.array([np.nan, np.nan, 1.0, 1.1, 0.9, 1.0, 5.0, 1.0, 4.0, 6.0, 7.0])
     # baseline: first 2 defined values (1.0, 1.1): threshold 1.05 + 2·0.0707 ≈ 1.19
-    assert gt.alarm_index(ind, baseline_fraction=0.2, z=2.0) == 8
-    assert gt.alarm_index(np.array([1.0, 1.1, 0.9, 1.0, 1.05]), 0.4, 2.0) is None
+    assert ews.alarm_index(ind, baseline_fraction=0.2, z=2.0) == 8
+    assert ews.alarm_index(np.array([1.0, 1.1, 0.9, 1.0, 1.05]), 0.4, 2.0) is None
 
 
 def _ar1(phi, n, rng):
@@ -80,7 +85,7 @@ def test_early_warning_detects_critical_slowing_down_and_not_a_stationary_series
     rng = np.random.default_rng(3)
     n, steps = 600, np.arange(600) * 5
     slowing = _ar1(np.linspace(0.0, 0.95, n), n, rng)  # AR(1) coefficient → 1: critical slowing down
-    rows = {r["indicator"]: r for r in gt.early_warning_one(steps, slowing, ew, seed=0)}
+    rows = {r["indicator"]: r for r in ews.early_warning_one(steps, slowing, ew, seed=0)}
     for name in ("lag1_ac", "variance"):
         assert rows[name]["kendall_tau"] > 0.5 and rows[name]["p_value"] < 0.05, (name, rows[name])
     # Sokal's τ_int rises too, but its rolling estimate is noisy: against phase surrogates it is far
@@ -88,7 +93,7 @@ def test_early_warning_detects_critical_slowing_down_and_not_a_stationary_series
     assert rows["autocorrelation_time"]["kendall_tau"] > 0.3 and rows["autocorrelation_time"]["ratio"] > 1.5
     assert 0 < rows["lag1_ac"]["lead_steps"] <= n * 5
     stationary = _ar1(np.full(n, 0.5), n, rng)
-    rows = {r["indicator"]: r for r in gt.early_warning_one(steps, stationary, ew, seed=0)}
+    rows = {r["indicator"]: r for r in ews.early_warning_one(steps, stationary, ew, seed=0)}
     assert sum(r["p_value"] < 0.05 and r["kendall_tau"] > 0 for r in rows.values()) <= 1
 
 
@@ -96,8 +101,8 @@ def test_lead_lag_finds_a_series_that_moves_first():
     steps = np.arange(0, 605, 5)
     acc = 1 / (1 + np.exp(-(steps - 300) / 15.0))
     metric = 1 / (1 + np.exp(-(steps - 250) / 15.0)) - 0.5  # the same step, 50 steps earlier
-    ew = gt.EarlyWarningParams(spectral_metrics=["stable_rank"], lead_lag_half_window=300, lead_lag_max=15)
-    out = gt.lead_lag_one(steps, metric, acc, 300.0, ew)
+    ew = ews.EarlyWarningParams(spectral_metrics=["stable_rank"], lead_lag_half_window=300, lead_lag_max=15)
+    out = ews.lead_lag_one(steps, metric, acc, 300.0, ew)
     assert out["xcorr_lag_steps"] == 50 and out["xcorr_r"] > 0.9
 
 
@@ -107,21 +112,21 @@ def test_analyse_run_skips_short_or_broken_series_and_says_why():
                            "metric": ["stable_rank"] * 40 + ["grad_noise_trace"] * 40,
                            "step": np.concatenate([steps, steps]),
                            "value": np.concatenate([np.ones(40), np.r_[np.nan, np.arange(1.0, 40.0)]])})
-    ew = gt.EarlyWarningParams(spectral_metrics=["stable_rank"], model_metrics=["grad_noise_trace"], min_points=10)
-    job = gt.AnalysisJob("r", "g", False, False, (0.0, 100.0), math.nan, series, pd.Series(dtype=float), ew)
-    rows, power = gt.analyse_run(job)
+    ew = ews.EarlyWarningParams(spectral_metrics=["stable_rank"], model_metrics=["grad_noise_trace"], min_points=10)
+    job = ews.AnalysisJob("r", "g", False, False, (0.0, 100.0), math.nan, series, pd.Series(dtype=float), ew)
+    rows, power = ews.analyse_run(job)
     reasons = {(r["metric"], r["indicator"], r["skipped"]) for r in rows}
-    assert reasons == {("stable_rank", i, "constant") for i in gt.INDICATORS} | {
-        ("grad_noise_trace", i, "non-finite values") for i in (*gt.INDICATORS, gt.LEVEL)}
+    assert reasons == {("stable_rank", i, "constant") for i in ews.INDICATORS} | {
+        ("grad_noise_trace", i, "non-finite values") for i in (*ews.INDICATORS, ews.LEVEL)}
     assert power == []
-    short = gt.AnalysisJob("r", "g", False, False, (0.0, 30.0), math.nan, series, pd.Series(dtype=float), ew)
-    assert {r["skipped"] for r in gt.analyse_run(short)[0]} == {"6 points < 10"}
+    short = ews.AnalysisJob("r", "g", False, False, (0.0, 30.0), math.nan, series, pd.Series(dtype=float), ew)
+    assert {r["skipped"] for r in ews.analyse_run(short)[0]} == {"6 points < 10"}
     # a rising tr Σ level in a grokking unit: the level test signals and its power rows come back
-    pw = gt.PowerParams(n_sims=40, rises=[1.5, 10.0])
+    pw = ews.PowerParams(n_sims=40, rises=[1.5, 10.0])
     rising = series.assign(value=np.r_[np.linspace(1, 2, 40), np.exp(np.linspace(0, 2, 40))])
-    job = gt.AnalysisJob("r", "g", False, True, (5.0, 200.0), 150.0, rising, pd.Series(0.0, index=steps), ew, pw)
-    rows, power = gt.analyse_run(job)
-    level = next(r for r in rows if r["indicator"] == gt.LEVEL)
+    job = ews.AnalysisJob("r", "g", False, True, (5.0, 200.0), 150.0, rising, pd.Series(0.0, index=steps), ew, pw)
+    rows, power = ews.analyse_run(job)
+    level = next(r for r in rows if r["indicator"] == ews.LEVEL)
     assert level["kendall_tau"] == pytest.approx(1.0) and level["ratio"] == pytest.approx(np.exp(1.8), rel=0.1)
     assert sorted(r["effect"] for r in power) == [1.5, 2.0, 10.0]
 
@@ -139,7 +144,7 @@ def _fractions(grok, ctrl):
     ([0.9], [0.0, 0.0], "inconclusive"),  # one grokking run
 ])
 def test_hypothesis_verdict_rule(grok, ctrl, verdict):
-    out = gt.hypothesis_verdict(_fractions(grok, ctrl), alpha=0.05, min_hit_fraction=0.5)
+    out = ht.hypothesis_verdict(_fractions(grok, ctrl), alpha=0.05, min_hit_fraction=0.5)
     assert out["verdict"] == verdict, out
     assert out["hit_fraction"] == pytest.approx(np.mean(grok))
 
@@ -148,21 +153,21 @@ def test_params_reject_unknown_metrics_full_batch_and_a_grid_without_reference()
     section = profile_params("smoke")[STAGE]
     report = section["report"]
     with pytest.raises(ParamsError, match="batch_size"):
-        base.load_params(STAGE, section | {"runs": section["runs"] | {"batch_size": 0}})
+        notebook.load_params(STAGE, section | {"runs": section["runs"] | {"batch_size": 0}})
     no_ref = [c | {"reference": False} for c in section["runs"]["conditions"]]
     with pytest.raises(ParamsError, match="reference"):
-        base.load_params(STAGE, section | {"runs": section["runs"] | {"conditions": no_ref}})
+        notebook.load_params(STAGE, section | {"runs": section["runs"] | {"conditions": no_ref}})
     bad = section | {"report": report | {"early_warning": report["early_warning"] | {"spectral_metrics": ["kapa"]}}}
     with pytest.raises(ParamsError, match="kapa"):
-        base.load_params(STAGE, bad)
+        notebook.load_params(STAGE, bad)
     with pytest.raises(ParamsError, match="grokking_transition.runs.transition = .*unknown key"):
-        base.load_params(STAGE, section | {"runs": section["runs"] | {"transition": {}}})
+        notebook.load_params(STAGE, section | {"runs": section["runs"] | {"transition": {}}})
     assert gt.ReportParams().early_warning.spectral_metrics  # every report key has a default
 
 
 def test_jobs_cover_conditions_times_seeds_with_unique_ids(smoke_params):
     runs = smoke_params.runs.model_copy(update={"seeds": [0, 1, 2]})
-    jobs = gt.jobs(runs, "data")
+    jobs = gt_runs.jobs(runs, "data")
     assert len(jobs) == len(runs.conditions) * 3
     assert len({j.run_id for j in jobs}) == len(jobs)
     assert [j.run_id for j in jobs[:2]] == [f"{runs.conditions[0].name}/s0", f"{runs.conditions[0].name}/s1"]
@@ -170,11 +175,11 @@ def test_jobs_cover_conditions_times_seeds_with_unique_ids(smoke_params):
 
 
 def test_smoke_stage_end_to_end_and_deterministic(smoke_params, data_dir, tmp_path):
-    job = gt.jobs(smoke_params.runs, str(data_dir))[0]
-    pd.testing.assert_frame_equal(gt.run_one(job).tables["telemetry"], gt.run_one(job).tables["telemetry"])
-    tables = base.train(STAGE, smoke_params, tmp_path, data_dir)
+    job = gt_runs.jobs(smoke_params.runs, str(data_dir))[0]
+    pd.testing.assert_frame_equal(gt_runs.run_one(job).tables["telemetry"], gt_runs.run_one(job).tables["telemetry"])
+    tables = grid.train(STAGE, smoke_params, tmp_path, data_dir)
     assert sorted(f.name for f in tables.iterdir()) == ["params.json", "runs.parquet", "telemetry.parquet"]
-    t = base.load_tables(STAGE, tmp_path / "tables")
+    t = notebook.load_tables(STAGE, tmp_path / "tables")
     assert t.params == smoke_params.runs
     assert {"profile", "device", "git_rev", "versions", "cpu_seconds", "steps_run", "clock", "reference"} <= set(t.runs)
     metrics = set(t.telemetry["metric"])
@@ -187,23 +192,23 @@ def test_smoke_stage_end_to_end_and_deterministic(smoke_params, data_dir, tmp_pa
     assert bool(tr.loc["add_wd1", "grokked"]) and not bool(tr.loc["add_wd0", "grokked"])
     assert a.units["control"].tolist() == [False, True]
     assert a.units["window_end"].nunique() == 1  # the control is read over the grokking run's window
-    assert set(a.tests["test"]) == set(gt.TESTS) and set(a.tests["tested"]) == {"add_wd1"}
+    assert set(a.tests["test"]) == set(ht.TESTS) and set(a.tests["tested"]) == {"add_wd1"}
     assert set(a.early_warning["run"]) == set(t.runs["run"])
-    assert set(a.power["test"]) == set(gt.TESTS) and a.power["power"].between(0, 1).all()
+    assert set(a.power["test"]) == set(ht.TESTS) and a.power["power"].between(0, 1).all()
     # the analysis over 2 processes gives the same table (surrogate seeds are per series, not per process)
     pd.testing.assert_frame_equal(gt.analyse(t, smoke_params.report, workers=2).early_warning, a.early_warning)
-    rows = gt.findings(a, smoke_params.report)
+    rows = gt_findings.findings(a, smoke_params.report)
     assert {r["verdict"] for r in rows} <= set(VERDICTS)
-    assert [r["id"] for r in rows] == [*gt.TEST_CLAIMS.values(), "grokking_transition.diagnostic_not_predictive"]
+    assert [r["id"] for r in rows] == [*gt_findings.TEST_CLAIMS.values(), "grokking_transition.diagnostic_not_predictive"]
     assert all("power at the claimed effect" in r["why"] for r in rows[:4])
     m = gt.metrics(a, smoke_params.report)
     assert set(m["conditions"]) == {c.name for c in smoke_params.runs.conditions}
     assert m["conditions"]["add_wd1"]["grokked_fraction"] == 1.0
-    assert set(m["tests"]) == set(gt.TESTS) and "power_at_claim" in m["tests"]["gradient_noise_level"]["add_wd1"]
+    assert set(m["tests"]) == set(ht.TESTS) and "power_at_claim" in m["tests"]["gradient_noise_level"]["add_wd1"]
     curves = gt.curves(a, smoke_params.report)
     assert set(curves["curve"]) == {f"{m}_{c.name}" for m in ("test_acc", "grad_noise_trace")
                                     for c in smoke_params.runs.conditions}
-    table = base.write_report(STAGE, a, smoke_params.report, tmp_path)
+    table = notebook.write_report(STAGE, a, smoke_params.report, tmp_path)
     assert sum(json.loads((tmp_path / "metrics.json").read_text())["findings"].values()) == len(table)
     acc = pd.read_csv(tmp_path / "plots" / "test_acc_add_wd1.csv")
     expected = a.model[a.model.condition == "add_wd1"].groupby("step")["test_acc"].mean()
@@ -229,7 +234,7 @@ def _analysis_with(verdict: str, power: float, n_grok=3, n_ctrl=6):
     ("inconclusive", 0.9, 6, "inconclusive"),
 ])
 def test_findings_give_a_negative_only_with_power_and_controls(verdict, power, n_ctrl, expected):
-    rows = gt.findings(_analysis_with(verdict, power, n_ctrl=n_ctrl), gt.ReportParams())
+    rows = gt_findings.findings(_analysis_with(verdict, power, n_ctrl=n_ctrl), gt.ReportParams())
     assert rows[0]["verdict"] == expected, rows[0]
     assert f"power at the claimed effect (AR(1) coefficient 50% of the way to 1 by t*) {power:g}" in rows[0]["why"]
     # 'not predictive' is an absence: it needs ≥ 2 tested conditions and the power to see a precursor
@@ -244,8 +249,8 @@ def test_paper_profile_transformer_path_with_gradient_probes(smoke_params, data_
     tiny = {"runs": smoke_params.runs.model_dump() | {
         "device": "auto", "steps": 4, "cadence_every": 1, "batch_size": 16, "gradients": {"noise_examples": 8, "chunk": 4},
         "model": {"kind": "transformer", "d_embed": 16, "d_hidden": 32, "n_layers": 1, "n_heads": 2}}}
-    p = base.load_params(STAGE, tiny)
-    out = gt.run_one(gt.jobs(p.runs, str(data_dir))[0])
+    p = notebook.load_params(STAGE, tiny)
+    out = gt_runs.run_one(gt_runs.jobs(p.runs, str(data_dir))[0])
     tele = out.tables["telemetry"]
     assert out.record["outcome"] == "completed"
     noise = tele[tele.metric == "grad_noise_trace"]["value"]

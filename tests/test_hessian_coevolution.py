@@ -10,9 +10,11 @@ from torch import nn
 from gradience.config import ParamsError
 from gradience.profiles import profile_params
 from gradience.reporting import VERDICTS
-from gradience.studies import base
-from gradience.studies import hessian_coevolution as hc
-from gradience.studies.lm_regimes import DIVERGED_OUTCOMES
+from gradience.studies import grid, notebook
+from gradience.studies.hessian_coevolution import analysis as hc
+from gradience.studies.hessian_coevolution import findings as hc_findings
+from gradience.studies.hessian_coevolution import runs as hc_runs
+from gradience.studies.lm_regimes.runs import DIVERGED_OUTCOMES
 from gradience.telemetry.curvature import hvp_fn, lanczos_top_eigenpair, make_loss_fn
 
 STAGE = "hessian_coevolution"
@@ -20,40 +22,40 @@ STAGE = "hessian_coevolution"
 
 @pytest.fixture
 def smoke():
-    return base.load_params(STAGE, profile_params("smoke")[STAGE])
+    return notebook.load_params(STAGE, profile_params("smoke")[STAGE])
 
 
 @pytest.fixture
 def default():
-    return base.load_params(STAGE, profile_params("default")[STAGE])
+    return notebook.load_params(STAGE, profile_params("default")[STAGE])
 
 
 def test_params_reject_bad_values_with_the_key(smoke):
     section = profile_params("smoke")[STAGE]
     runs, report = section["runs"], section["report"]
     with pytest.raises(ParamsError, match=r"unknown metrics \['hessian_det'\]"):
-        base.load_params(STAGE, section | {"report": {"lead_lag": report["lead_lag"] | {"primary": "hessian_det"}}})
+        notebook.load_params(STAGE, section | {"report": {"lead_lag": report["lead_lag"] | {"primary": "hessian_det"}}})
     dup = section | {"runs": runs | {"regimes": [runs["regimes"][0], runs["regimes"][0]]}}
     with pytest.raises(ParamsError, match="regime names must be unique"):
-        base.load_params(STAGE, dup)
+        notebook.load_params(STAGE, dup)
     with pytest.raises(ParamsError, match=r"hessian_coevolution.runs.regimes.0.lr = -1"):
-        base.load_params(STAGE, section | {"runs": runs | {"regimes": [runs["regimes"][0] | {"lr": -1}]}})
+        notebook.load_params(STAGE, section | {"runs": runs | {"regimes": [runs["regimes"][0] | {"lr": -1}]}})
     with pytest.raises(ParamsError, match=r"min_points=6 must be ≥ 2·max_lag \+ 3 = 9"):
-        base.load_params(STAGE, section | {"report": {"lead_lag": report["lead_lag"] | {"min_points": 6, "max_lag": 3}}})
+        notebook.load_params(STAGE, section | {"report": {"lead_lag": report["lead_lag"] | {"min_points": 6, "max_lag": 3}}})
     with pytest.raises(ParamsError, match=r"full_every=6 must be a multiple of cadence_every=4"):
-        base.load_params(STAGE, section | {"runs": runs | {"cadence_every": 4, "hessian": {"full_every": 6}}})
+        notebook.load_params(STAGE, section | {"runs": runs | {"cadence_every": 4, "hessian": {"full_every": 6}}})
     with pytest.raises(ParamsError, match=r"predicted_lead=\(5, 2\)"):
-        base.load_params(STAGE, section | {"report": {"lead_lag": report["lead_lag"] | {"predicted_lead": [5, 2]}}})
+        notebook.load_params(STAGE, section | {"report": {"lead_lag": report["lead_lag"] | {"predicted_lead": [5, 2]}}})
     with pytest.raises(ParamsError, match="residual view needs a detrending"):
-        base.load_params(STAGE, section | {"report": {"lead_lag": report["lead_lag"] | {"detrend": "none"}}})
+        notebook.load_params(STAGE, section | {"report": {"lead_lag": report["lead_lag"] | {"detrend": "none"}}})
 
 
 def test_default_profile_measures_every_step_and_its_lags_cover_the_predicted_lead(default):
     r, ll = default.runs, default.report.lead_lag
     assert r.cadence_every == 1 and r.steps % r.hessian.full_every == 0
     assert ll.max_lag * r.cadence_every >= ll.predicted_lead[1] and ll.predicted_lead[0] >= r.cadence_every
-    assert all(b.met for b in hc.lag_budgets(ll, r.cadence_every))
-    assert hc.surrogate_budget(ll, len(ll.pairs())).met  # 500 ≥ 2·5/0.05
+    assert all(b.met for b in hc_findings.lag_budgets(ll, r.cadence_every))
+    assert hc_findings.surrogate_budget(ll, len(ll.pairs())).met  # 500 ≥ 2·5/0.05
     assert ll.pairs()[0] == ("kappa", "lambda_max") and len(ll.pairs()) == len(ll.weight_metrics)
 
 
@@ -121,7 +123,7 @@ def test_lead_lag_resolves_a_lead_of_the_predicted_size_in_both_views(default):
     coarse = hc.lead_lag_table(_leading_series(7).iloc[::4], runs, ll.model_copy(update={"max_lag": 10, "min_points": 23}),
                                cadence_every=4).set_index("view")
     assert coarse.loc["levels", "lead_steps"] in (4, 8)
-    budgets = hc.lag_budgets(ll.model_copy(update={"max_lag": 10, "predicted_lead": (2, 60)}), 4)
+    budgets = hc_findings.lag_budgets(ll.model_copy(update={"max_lag": 10, "predicted_lead": (2, 60)}), 4)
     assert [b.met for b in budgets] == [False, False] and [b.reached for b in budgets] == [40, 0.5]
 
 
@@ -159,7 +161,7 @@ def test_verdicts_follow_the_tests_and_name_their_budgets(default):
     s = _summary(kinds)
 
     def rows(lags, pvals, report=default.report, view_p=None):
-        out = hc.findings(_analysis(s, _table(lags, pvals, kinds, view_p), default.runs), report)
+        out = hc_findings.findings(_analysis(s, _table(lags, pvals, kinds, view_p), default.runs), report)
         return {r["id"].removeprefix("hessian_coevolution."): r for r in out}
 
     v = rows([0, 5, 3, 8, 2, 4], [0.5, 0.002, 0.002, 0.004, 0.002, 0.01])
@@ -200,10 +202,10 @@ def test_pair_summary_counts_coupled_runs_and_their_median_lead():
 
 
 def test_smoke_study_end_to_end(smoke, data_dir, tmp_path):
-    tables_dir = base.train(STAGE, smoke, tmp_path, data_dir)
+    tables_dir = grid.train(STAGE, smoke, tmp_path, data_dir)
     assert sorted(p.name for p in tables_dir.iterdir()) == ["params.json", "runs.parquet", "spectra.parquet",
                                                              "telemetry.parquet"]
-    t = base.load_tables(STAGE, tmp_path / "tables")
+    t = notebook.load_tables(STAGE, tmp_path / "tables")
     assert t.params == smoke.runs
     a = hc.analyse(t, smoke.report)
     assert set(a.summary.regime) == {"stable", "marginal", "unstable"}
@@ -227,7 +229,7 @@ def test_smoke_study_end_to_end(smoke, data_dir, tmp_path):
     assert len(a.lead_lag) == len(hc.VIEWS) * len(a.summary) * len(smoke.report.lead_lag.pairs())
     assert set(a.cross_correlation.view) == set(hc.VIEWS)
     assert 0 < a.hutchinson["relative_stderr_median"] < 10
-    rows = hc.findings(a, smoke.report)
+    rows = hc_findings.findings(a, smoke.report)
     assert [r["id"].removeprefix("hessian_coevolution.") for r in rows] == [
         "stable_below_edge", "marginal_at_edge", "unstable_diverges", "weights_lead_hessian",
         "weights_lead_hessian_residuals", "spectra_coupled", "weights_lead_all_pairs"]
@@ -242,7 +244,7 @@ def test_smoke_study_end_to_end(smoke, data_dir, tmp_path):
     c = hc.curves(a, smoke.report)
     assert list(c.columns) == ["curve", "step", "value"]
     assert set(c.curve) == {f"{k}_{r}" for k in ("sharpness_over_edge", "kappa") for r in ("stable", "marginal", "unstable")}
-    table = base.write_report(STAGE, a, smoke.report, tmp_path)
+    table = notebook.write_report(STAGE, a, smoke.report, tmp_path)
     assert len(table) == len(rows)
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert set(written) == {"regimes", "hutchinson", "findings"}
@@ -251,15 +253,15 @@ def test_smoke_study_end_to_end(smoke, data_dir, tmp_path):
 
 def test_smoke_run_is_deterministic(smoke, data_dir):
     p = smoke.runs.model_copy(update={"steps": 10, "regimes": smoke.runs.regimes[1:2], "device": "auto"})  # paper: auto
-    job = hc.jobs(p, str(data_dir))[0]
-    a, b = hc.run_one(job), hc.run_one(job)
+    job = hc_runs.jobs(p, str(data_dir))[0]
+    a, b = hc_runs.run_one(job), hc_runs.run_one(job)
     pd.testing.assert_frame_equal(a.tables["telemetry"], b.tables["telemetry"])
     assert a.record == b.record and a.record["outcome"] == "completed"
-    assert not {"run", "seed", "profile", "device", "git_rev", "versions"} & set(a.record)  # base adds these
+    assert not {"run", "seed", "profile", "device", "git_rev", "versions"} & set(a.record)  # grid adds these
 
 
 def test_paper_profile_keeps_the_seed_scale_measurements():
-    paper = base.load_params(STAGE, profile_params("paper")[STAGE])
+    paper = notebook.load_params(STAGE, profile_params("paper")[STAGE])
     assert paper.runs.device == "auto" and paper.runs.data.corpus == "tiny_shakespeare"
     assert paper.runs.hessian.top_k == 10 and paper.runs.hessian.hutchinson_probes == 100
-    assert paper.runs.cadence_every == 1 and all(b.met for b in hc.lag_budgets(paper.report.lead_lag, 1))
+    assert paper.runs.cadence_every == 1 and all(b.met for b in hc_findings.lag_budgets(paper.report.lead_lag, 1))

@@ -5,8 +5,10 @@ import math
 import pandas as pd
 import pytest
 
-from gradience.studies import lora_family as lf
-from gradience.studies import lora_gsm8k as gsm_study
+from gradience.studies.lora_family import analysis as lf
+from gradience.studies.lora_family import runs as lfr
+from gradience.studies.lora_gsm8k import findings as gsm_study
+from gradience.studies.lora_gsm8k.analysis import ReportParams
 
 REPORT = lf.FamilyReportParams(z=2.0, min_seeds=2, min_test_examples=200)
 
@@ -14,7 +16,7 @@ REPORT = lf.FamilyReportParams(z=2.0, min_seeds=2, min_test_examples=200)
 def _runs(acc: dict[str, list[float]], n_test=400, ppl=None, sr=None) -> pd.DataFrame:
     rows = []
     for name, values in acc.items():
-        spec = lf.CONFIGS.get(name)
+        spec = lfr.CONFIGS.get(name)
         for seed, a in enumerate(values):
             rows.append({"run": f"{name}/s{seed}", "condition": name, "seed": seed, "accuracy": a, "n_test": n_test,
                          "ppl_ratio": (ppl or {}).get(name, 1.2), "lora_stable_rank": (sr or {}).get(name, 2.0),
@@ -27,7 +29,7 @@ def _runs(acc: dict[str, list[float]], n_test=400, ppl=None, sr=None) -> pd.Data
 
 
 def _analysis(runs: pd.DataFrame) -> lf.Analysis:
-    tuned = runs[runs.condition != lf.ZERO_SHOT].reset_index(drop=True)
+    tuned = runs[runs.condition != lfr.ZERO_SHOT].reset_index(drop=True)
     return lf.Analysis(None, pd.DataFrame(), runs, tuned, lf.config_table(runs), pd.DataFrame(), pd.DataFrame())
 
 
@@ -52,7 +54,7 @@ def test_the_seed_numbers_reproduce_every_shared_claim():
     a = _analysis(_runs(SEEDLIKE, ppl={"baseline": 1.64, "low_alpha": 1.45, "mlp_only": 1.7},
                         sr={"baseline": 4.66, "low_alpha": 2.25, "baseline_lr5e5": 1.30, "small_r8": 3.0,
                             "low_alpha_r8": 2.0, "mlp_only": 5.0, "attn_only": 1.5}))
-    rows = {r["id"].split(".")[1]: r for r in gsm_study.findings(a, gsm_study.ReportParams())}
+    rows = {r["id"].split(".")[1]: r for r in gsm_study.findings(a, ReportParams())}
     assert {k: r["verdict"] for k, r in rows.items()} == {k: "reproduced" for k in rows}, rows
     assert "4/18 runs flagged" in rows["ppl_ratio_monitor"]["measured"]
     assert lf.grid_frame(a.configs).loc[32, 0.25] == pytest.approx(0.355)
@@ -107,10 +109,10 @@ def test_configurations_not_run_are_inconclusive():
 
 
 def test_jobs_run_first_seed_configs_once_and_scale_the_lr():
-    p = lf.FamilyRunParams(seeds=[3, 4], base_model="m", configs=["baseline"], first_seed_configs=["mlp_only"],
-                           lr_scale=5.0, steps=1, batch_size=1, geometry_every=1, eval_every=1,
-                           data=lf.DataParams(folder="x", test_examples=1, eval_examples=1, max_length=8))
-    jobs = lf.jobs(p, "data")
+    p = lfr.FamilyRunParams(seeds=[3, 4], base_model="m", configs=["baseline"], first_seed_configs=["mlp_only"],
+                            lr_scale=5.0, steps=1, batch_size=1, geometry_every=1, eval_every=1,
+                            data=lfr.DataParams(folder="x", test_examples=1, eval_examples=1, max_length=8))
+    jobs = lfr.jobs(p, "data")
     assert [j.run_id for j in jobs] == ["zero_shot/s3", "baseline/s3", "baseline/s4", "mlp_only/s3"]
     assert jobs[0].spec is None and jobs[1].spec.lr == pytest.approx(1e-3) and jobs[3].spec.targets == "mlp"
 
@@ -128,22 +130,22 @@ def test_universal_config_of_the_decision_tree():
     rows = {r["id"]: r for r in gsm_study.findings(_analysis(_runs(SEEDLIKE)), REPORT)}
     assert rows["lora_gsm8k.universal_config"]["verdict"] == "reproduced"
     beaten = _analysis(_runs(SEEDLIKE | {"attn_r8_lr5e5": [0.20, 0.21]}))
-    row = gsm_study.find_universal(beaten, REPORT)
+    [row] = gsm_study.universal_config(beaten, REPORT)
     assert row["verdict"] == "not reproduced" and "baseline_lr5e5" in row["measured"]
-    assert gsm_study.find_universal(_analysis(_runs({"zero_shot": [0.0], "baseline": [0.2, 0.2]})),
-                                    REPORT)["verdict"] == "inconclusive"
+    assert gsm_study.universal_config(_analysis(_runs({"zero_shot": [0.0], "baseline": [0.2, 0.2]})),
+                                      REPORT)[0]["verdict"] == "inconclusive"
 
 
 def test_family_figures_draw_from_an_analysis():
     import matplotlib
 
     matplotlib.use("Agg")
-    from gradience.studies import lora_figures as lfig
+    from gradience.studies.lora_family import figures as lfig
 
     runs = _runs(SEEDLIKE)
     series = pd.DataFrame({"run": "baseline/s0", "condition": "baseline", "seed": 0, "step": [0, 5, 10],
                            "batch_loss": [2.0, 1.5, 1.0], "ppl_ratio": [1.0, 1.2, 1.6], "lora_stable_rank": [1, 2, 3]})
-    a = lf.Analysis(None, pd.DataFrame(), runs, runs[runs.condition != lf.ZERO_SHOT], lf.config_table(runs), series,
+    a = lf.Analysis(None, pd.DataFrame(), runs, runs[runs.condition != lfr.ZERO_SHOT], lf.config_table(runs), series,
                     pd.DataFrame())
     fig = lfig.accuracy_by_config(a, "exact match", {"baseline": 0.2})
     assert len(fig.axes[0].patches) == len(a.configs)  # one bar per configuration, zero-shot included

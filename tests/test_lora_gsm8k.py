@@ -12,9 +12,11 @@ from gradience.lora import adapters as ad
 from gradience.lora import finetune as ft
 from gradience.profiles import profile_params
 from gradience.reporting import VERDICTS
-from gradience.studies import base
-from gradience.studies import lora_family as lf
-from gradience.studies import lora_gsm8k as study
+from gradience.studies import grid, notebook
+from gradience.studies.lora_family import runs as lf
+from gradience.studies.lora_gsm8k import analysis as study
+from gradience.studies.lora_gsm8k import findings as study_findings
+from gradience.studies.lora_gsm8k import runs as study_runs
 from gradience.tasks import gsm
 from gradience.tasks.jsonl import write_records
 
@@ -49,18 +51,18 @@ def paper_on_tiny(tiny, **runs):
                         "lr_scale": 50.0, "configs": ["baseline", "attn_r8_lr5e5"], "first_seed_configs": ["mlp_only"],
                         "data": {"source": "local", "folder": "arithmetic", "test_examples": 16, "eval_examples": 8,
                                  "max_length": 48}} | runs
-    return base.load_params(STAGE, section)
+    return notebook.load_params(STAGE, section)
 
 
 def test_profiles_validate_and_say_what_runs():
     for name in ("default", "smoke", "paper"):
-        p = base.load_params(STAGE, profile_params(name)[STAGE])
-        assert study.jobs(p.runs, "data")[0].condition == lf.ZERO_SHOT
-    paper = base.load_params(STAGE, profile_params("paper")[STAGE]).runs
+        p = notebook.load_params(STAGE, profile_params(name)[STAGE])
+        assert study_runs.jobs(p.runs, "data")[0].condition == lf.ZERO_SHOT
+    paper = notebook.load_params(STAGE, profile_params("paper")[STAGE]).runs
     assert paper.dtype == "bfloat16" and paper.device == "auto" and paper.data.source == "hub"
     assert set(paper.configs) == set(lf.CONFIGS) and paper.lr_scale == 1.0 and len(paper.seeds) >= 2
-    default = base.load_params(STAGE, profile_params("default")[STAGE]).runs
-    assert default.base_model == "reports/weights/smollm2" and study.BASE_MODELS == ("smollm2",)
+    default = notebook.load_params(STAGE, profile_params("default")[STAGE]).runs
+    assert default.base_model == "reports/weights/smollm2" and study_runs.BASE_MODELS == ("smollm2",)
     assert {"baseline", "low_alpha", "baseline_lr5e5"} <= set(default.configs)  # α/r and LR claims: ≥ 2 seeds
     assert set(default.configs) | set(default.first_seed_configs) == set(ad.SEED_CONFIGS)  # the appendix, all run
 
@@ -75,7 +77,7 @@ def test_params_reject_bad_values_with_the_key():
         if "data" in runs:
             bad["runs"]["data"] = {**section["runs"]["data"], **runs["data"]}
         with pytest.raises(Exception, match=match):
-            base.load_params(STAGE, bad)
+            notebook.load_params(STAGE, bad)
 
 
 def test_arithmetic_data_is_gsm8k_schema_and_disjoint(tmp_path):
@@ -90,8 +92,8 @@ def test_arithmetic_data_is_gsm8k_schema_and_disjoint(tmp_path):
 
 def test_paper_path_end_to_end_on_tiny_mistral(tiny, tmp_path):
     p = paper_on_tiny(tiny)
-    tables = base.train(STAGE, p, tmp_path, tiny / "data")
-    t = base.load_tables(STAGE, tables)
+    tables = grid.train(STAGE, p, tmp_path, tiny / "data")
+    t = notebook.load_tables(STAGE, tables)
     a = study.analyse(t, p.report)
     runs = a.summary.set_index("run")
     assert list(runs.index) == ["zero_shot/s0", "baseline/s0", "baseline/s1", "attn_r8_lr5e5/s0", "attn_r8_lr5e5/s1",
@@ -112,10 +114,10 @@ def test_paper_path_end_to_end_on_tiny_mistral(tiny, tmp_path):
     assert 0 < last.dominance and 1 <= last.lora_stable_rank <= 32
     assert runs.loc["baseline/s0", "ppl_ratio"] == pytest.approx(last.ppl_ratio)
     assert set(a.modules.kind) == set(ad.DECODER_TARGETS["all"])
-    rows = study.findings(a, p.report)
-    assert [r["id"] for r in rows] == [*study.CLAIMS.values(), "lora_gsm8k.universal_config"]
+    rows = study_findings.findings(a, p.report)
+    assert [r["id"] for r in rows] == [f"lora_gsm8k.{c.__name__}" for c in study_findings.CLAIMS]
     assert {r["verdict"] for r in rows} <= set(VERDICTS)
-    table = base.write_report(STAGE, a, p.report, tmp_path)
+    table = notebook.write_report(STAGE, a, p.report, tmp_path)
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["zero_shot_accuracy"] == 0.0 and set(m["configs"]) == {"zero_shot", "baseline", "attn_r8_lr5e5", "mlp_only"}
     assert len(table) == len(rows) and (tmp_path / "plots" / "ppl_ratio_baseline.csv").exists()
@@ -123,8 +125,8 @@ def test_paper_path_end_to_end_on_tiny_mistral(tiny, tmp_path):
 
 def test_same_params_and_seed_give_the_same_telemetry(tiny):
     p = paper_on_tiny(tiny, steps=4, geometry_every=2, eval_every=2)
-    job = [j for j in study.jobs(p.runs, str(tiny / "data")) if j.condition == "baseline"][0]
-    a, b = study.run_one(job), study.run_one(job)
+    job = [j for j in study_runs.jobs(p.runs, str(tiny / "data")) if j.condition == "baseline"][0]
+    a, b = study_runs.run_one(job), study_runs.run_one(job)
     pd.testing.assert_frame_equal(a.tables["telemetry"], b.tables["telemetry"])
     timing = {"scoring_cpu_seconds"}  # CPU time is measured, not reproducible
     assert {k: v for k, v in a.record.items() if k not in timing} == {k: v for k, v in b.record.items() if k not in timing}

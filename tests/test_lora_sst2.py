@@ -10,9 +10,12 @@ from transformers import MistralForSequenceClassification
 from gradience.lora import adapters as ad
 from gradience.profiles import profile_params
 from gradience.reporting import VERDICTS
-from gradience.studies import base
-from gradience.studies import lora_family as lf
-from gradience.studies import lora_sst2 as study
+from gradience.studies import grid, notebook
+from gradience.studies.lora_family import analysis as lfa
+from gradience.studies.lora_family import runs as lf
+from gradience.studies.lora_sst2 import analysis as study
+from gradience.studies.lora_sst2 import findings as study_findings
+from gradience.studies.lora_sst2 import runs as study_runs
 from gradience.tasks.jsonl import write_records
 
 STAGE = "lora_sst2"
@@ -44,12 +47,13 @@ def tiny(data):
 
 def test_profiles_validate_and_keep_the_seed_configurations():
     for name in ("default", "smoke", "paper"):
-        p = base.load_params(STAGE, profile_params(name)[STAGE])
-        assert study.jobs(p.runs, "data")
-    paper = base.load_params(STAGE, profile_params("paper")[STAGE]).runs
+        p = notebook.load_params(STAGE, profile_params(name)[STAGE])
+        assert study_runs.jobs(p.runs, "data")
+    paper = notebook.load_params(STAGE, profile_params("paper")[STAGE]).runs
     assert paper.data.test_split == "validation" and paper.dtype == "bfloat16" and set(paper.configs) == set(lf.CONFIGS)
-    default = base.load_params(STAGE, profile_params("default")[STAGE]).runs
-    assert set(study.SEED_SST2) <= set(default.configs) and len(default.seeds) >= 2 and default.base_model == "minilm"
+    default = notebook.load_params(STAGE, profile_params("default")[STAGE]).runs
+    assert set(study_findings.SEED_SST2) <= set(default.configs)
+    assert len(default.seeds) >= 2 and default.base_model == "minilm"
 
 
 def test_paper_path_end_to_end_on_tiny_mistral_classifier(tiny, data, tmp_path):
@@ -59,8 +63,8 @@ def test_paper_path_end_to_end_on_tiny_mistral_classifier(tiny, data, tmp_path):
                         "first_seed_configs": [],
                         "data": {"source": "local", "folder": "reviews", "test_split": "test", "test_examples": 23,
                                  "eval_examples": 16, "max_length": 16}}
-    p = base.load_params(STAGE, section)
-    t = base.load_tables(STAGE, base.train(STAGE, p, tmp_path, data))
+    p = notebook.load_params(STAGE, section)
+    t = notebook.load_tables(STAGE, grid.train(STAGE, p, tmp_path, data))
     a = study.analyse(t, p.report)
     runs = a.summary.set_index("run")
     assert runs.majority_share.iloc[0] == pytest.approx(12 / 23)
@@ -68,25 +72,31 @@ def test_paper_path_end_to_end_on_tiny_mistral_classifier(tiny, data, tmp_path):
     assert runs.loc["baseline/s0", "ppl_ratio"] == pytest.approx(runs.loc["baseline/s0", "test_ppl"] /
                                                                  runs.loc["baseline/s0", "train_ppl"])
     assert lf.module_family(MistralForSequenceClassification(ad.tiny_mistral_config(num_labels=2))) == "decoder"
-    rows = study.findings(a, p.report)
+    rows = study_findings.findings(a, p.report)
     ids = [r["id"] for r in rows]
     assert ids[:3] == ["lora_sst2.any_config_works", "lora_sst2.low_lr_best", "lora_sst2.attn_r8_efficient"]
-    assert ids[3:] == list(study.CLAIMS.values()) and {r["verdict"] for r in rows} <= set(VERDICTS)
-    base.write_report(STAGE, a, p.report, tmp_path)
+    assert ids == [f"lora_sst2.{c.__name__}" for c in study_findings.CLAIMS] and {r["verdict"] for r in rows} <= set(VERDICTS)
+    notebook.write_report(STAGE, a, p.report, tmp_path)
     assert json.loads((tmp_path / "metrics.json").read_text())["configs"]["attn_r8_lr5e5"]["accuracy"] == 1.0
 
 
 def test_default_path_on_minilm_records_encoder_adapters(data):
-    p = base.load_params(STAGE, profile_params("smoke")[STAGE]).runs
+    p = notebook.load_params(STAGE, profile_params("smoke")[STAGE]).runs
     p = p.model_copy(update={"data": p.data.model_copy(update={"test_examples": 8, "eval_examples": 4})})
-    job = [j for j in study.jobs(p, str(data)) if j.condition != lf.ZERO_SHOT][0]
-    out = study.run_one(job)
+    job = [j for j in study_runs.jobs(p, str(data)) if j.condition != lf.ZERO_SHOT][0]
+    out = study_runs.run_one(job)
     tel = out.tables["telemetry"]
     scopes = set(tel[tel.metric == "utilization"].scope) - {"model"}
     assert len(scopes) == 6 * 4 and all(".attention." in s for s in scopes)  # attention targets of 6 BERT layers
     assert out.record["trainable_params"] == 6 * 8 * 4 * (384 + 384) + 384 * 2 + 2  # LoRA + the new head
-    again = study.run_one(job)
+    again = study_runs.run_one(job)
     pd.testing.assert_frame_equal(tel, again.tables["telemetry"])
+
+
+def _seed_table(a, p):
+    """The rows of the seed's SST-2 table (its three claims)."""
+    return [row for claim in (study_findings.any_config_works, study_findings.low_lr_best,
+                              study_findings.attn_r8_efficient) for row in claim(a, p)]
 
 
 def test_seed_table_verdicts():
@@ -97,18 +107,18 @@ def test_seed_table_verdicts():
                  "lr": lf.CONFIGS[c].lr, "seed_lr": lf.CONFIGS[c].lr, "targets": lf.CONFIGS[c].targets,
                  "trainable_params": 1, "majority_share": 0.5} for c, v in acc.items() for s, a in enumerate(v)]
         df = pd.DataFrame(rows)
-        return lf.Analysis(None, pd.DataFrame(), df, df, lf.config_table(df), pd.DataFrame(), pd.DataFrame())
+        return lfa.Analysis(None, pd.DataFrame(), df, df, lfa.config_table(df), pd.DataFrame(), pd.DataFrame())
 
     seed = {"baseline_lr5e5": [0.960, 0.961], "attn_r8_lr5e5": [0.956, 0.955], "baseline": [0.950, 0.951],
             "low_alpha": [0.940, 0.941]}
-    rows = {r["id"]: r["verdict"] for r in study.find_seed_table(runs(seed), study.ReportParams())}
+    rows = {r["id"]: r["verdict"] for r in _seed_table(runs(seed), study.ReportParams())}
     assert set(rows.values()) == {"reproduced"}
     bad = seed | {"low_alpha": [0.80, 0.81]}
-    rows = {r["id"]: r["verdict"] for r in study.find_seed_table(runs(bad), study.ReportParams())}
+    rows = {r["id"]: r["verdict"] for r in _seed_table(runs(bad), study.ReportParams())}
     assert rows["lora_sst2.any_config_works"] == "not reproduced" and rows["lora_sst2.low_lr_best"] == "reproduced"
     # every configuration stuck at the majority class: nothing was learned, so no ranking can be judged
     stuck = {c: [0.5, 0.5] for c in seed}
-    rows = {r["id"]: r for r in study.find_seed_table(runs(stuck), study.ReportParams())}
+    rows = {r["id"]: r for r in _seed_table(runs(stuck), study.ReportParams())}
     assert {r["verdict"] for r in rows.values()} == {"not comparable"}
     assert "compared configurations that learned (> majority class 50.0 % by 2 SE) 0 (needs ≥ 4)" in \
         rows["lora_sst2.low_lr_best"]["why"]

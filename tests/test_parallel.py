@@ -8,7 +8,8 @@ import pytest
 from gradience.config import ParamsError
 from gradience.parallel import map_runs
 from gradience.profiles import profile_params
-from gradience.studies import base
+from gradience.studies import grid, notebook
+from gradience.studies.protocol import TABLES_DIR
 
 JOBS = [400, 3, 1200, 0, 57, 800]  # uneven sizes, so processes finish out of order
 
@@ -23,9 +24,9 @@ def test_unknown_executor_is_rejected_clearly():
         map_runs(math.factorial, JOBS, executor="spark")
     section = profile_params("smoke")["grokking"] | {"executor": "spark"}
     with pytest.raises(ParamsError, match=r"grokking.executor = 'spark': .*unknown executor 'spark'"):
-        base.load_params("grokking", section)
+        notebook.load_params("grokking", section)
     for ok in ("local", "ray", "ray://head.example:10001"):
-        assert base.load_params("grokking", profile_params("smoke")["grokking"] | {"executor": ok}).executor == ok
+        assert notebook.load_params("grokking", profile_params("smoke")["grokking"] | {"executor": ok}).executor == ok
 
 
 def test_missing_ray_names_the_install_command(monkeypatch):
@@ -45,15 +46,15 @@ def local_ray():
 
 
 def test_ray_executor_gives_the_local_results(local_ray, tmp_path, data_dir):
-    params = base.load_params("grokking", profile_params("smoke")["grokking"])
+    params = notebook.load_params("grokking", profile_params("smoke")["grokking"])
     timings = {}
     for executor in ("local", "ray"):
         start = time.perf_counter()
-        base.train("grokking", params.model_copy(update={"executor": executor}), tmp_path / executor, data_dir)
+        grid.train("grokking", params.model_copy(update={"executor": executor}), tmp_path / executor, data_dir)
         timings[executor] = time.perf_counter() - start
     print("train grokking (smoke):", {k: f"{v:.1f} s" for k, v in timings.items()})
     assert local_ray.is_initialized()  # a session the caller started is left running
-    local, ray = (base.load_tables("grokking", tmp_path / e / base.TABLES_DIR) for e in ("local", "ray"))
+    local, ray = (notebook.load_tables("grokking", tmp_path / e / TABLES_DIR) for e in ("local", "ray"))
     pd.testing.assert_frame_equal(local.telemetry, ray.telemetry)
     pd.testing.assert_frame_equal(local.spectra, ray.spectra)
     timing = ["wall_seconds", "cpu_seconds"]

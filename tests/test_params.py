@@ -1,10 +1,12 @@
 import pytest
 import yaml
 
+from gradience.cli import check_sections
 from gradience.config import ParamsError
 from gradience.profiles import PROFILES, deep_merge, profile_params, render
-from gradience.studies import STAGES
-from gradience.studies.base import load_params
+from gradience.studies.grid import load_run_params
+from gradience.studies.notebook import load_params
+from gradience.studies.registry import STAGES
 
 
 def _grokking(**changes):
@@ -60,11 +62,13 @@ def test_wrong_types_and_impossible_values_are_named(changes, pattern):
 def test_missing_section_and_unknown_stage():
     with pytest.raises(ParamsError, match="no section 'grokking'"):
         from gradience.config import validate_section
-        from gradience.studies.base import params_schema
+        from gradience.studies.notebook import params_schema
 
         validate_section("grokking", params_schema("grokking"), None)
-    with pytest.raises(KeyError, match="unknown stage 'nope'"):
+    with pytest.raises(KeyError, match="unknown study 'nope'"):
         load_params("nope", {})
+    with pytest.raises(KeyError, match="unknown study 'nope'"):
+        load_run_params("nope", {})
 
 
 def test_deep_merge_merges_mappings_and_replaces_lists():
@@ -77,7 +81,7 @@ def test_unknown_section_in_params_file_is_named(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(profile_params("smoke") | {"grokin": {"steps": 1}}))
     with pytest.raises(ParamsError, match=r"unknown sections \['grokin'\]"):
-        load_params("grokking", path=path)
+        check_sections(str(path))
 
 
 def test_report_keys_are_checked_and_sections_have_only_workers_runs_report():
@@ -88,3 +92,26 @@ def test_report_keys_are_checked_and_sections_have_only_workers_runs_report():
         load_params("grokking", section | {"steps": 5})
     with pytest.raises(ParamsError, match=r"grokking.workers = 0: Input should be greater than or equal to 1"):
         load_params("grokking", section | {"workers": 0})
+
+
+def test_the_training_stage_validates_the_keys_it_reads_and_leaves_report_keys_to_the_report_stage():
+    section = profile_params("smoke")["grokking"]
+    with pytest.raises(ParamsError, match=r"grokking.runs.lr = -1.0: Input should be greater than 0"):
+        load_run_params("grokking", _grokking(lr=-1.0))
+    with pytest.raises(ParamsError, match=r"grokking.steps = 5: unknown key \(allowed: workers, executor, runs, report\)"):
+        load_run_params("grokking", section | {"steps": 5})
+    bad_report = section | {"report": {"grok_threshold": 2.0}}
+    assert load_run_params("grokking", bad_report).runs == load_params("grokking", section).runs
+    with pytest.raises(ParamsError, match=r"grokking.report.grok_threshold = 2.0"):
+        load_params("grokking", bad_report)  # the report stage (and `gradience check`) names it
+
+
+def test_check_validates_every_section_of_the_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    params = profile_params("smoke")
+    path.write_text(yaml.safe_dump(params))
+    check_sections(str(path))
+    params["rosetta"]["report"] = {"no_such_key": 1}
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError, match=r"rosetta.report.no_such_key = 1: unknown key"):
+        check_sections(str(path))

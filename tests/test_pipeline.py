@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from conftest import REPO
-from gradience.studies import STAGES
+from gradience.studies.registry import STAGES
 from gradience.telemetry.glossary import undefined
 
 VENV = Path(sys.prefix)
@@ -95,6 +95,31 @@ def test_editing_a_report_key_reruns_only_that_notebook(clone):
     sh("git", "checkout", "params.yaml", cwd=dest, env=env)
     sh("gradience", "profile", "smoke", cwd=dest, env=env)
     sh("dvc", "repro", cwd=dest, env=env)  # the report back to the smoke params, for the tests below
+
+
+def _stale_after_editing(dest, env, path: str, edit) -> set[str]:
+    """The stages ``dvc status`` lists after ``edit(text)`` of ``path``; the file is restored after."""
+    file = dest / path
+    text = file.read_text()
+    file.write_text(edit(text))
+    try:
+        return set(json.loads(sh("dvc", "status", "--json", cwd=dest, env=env).stdout))
+    finally:
+        file.write_text(text)
+
+
+def test_editing_analysis_side_code_reruns_notebooks_and_never_a_training_stage(clone):
+    dest, env, _ = clone
+    sentence = lambda t: t.replace('"""', '"""Reworded. ', 1)  # noqa: E731  a docstring edit: code changed, tables not
+    assert _stale_after_editing(dest, env, "src/gradience/studies/grokking/findings.py", sentence) == {"grokking"}
+    assert _stale_after_editing(dest, env, "src/gradience/studies/spectral_edge/analysis.py", sentence) == {"spectral_edge"}
+    reports = _stale_after_editing(dest, env, "src/gradience/reporting.py", sentence)
+    assert reports == set(STAGES), reports  # the verdict rule: every notebook, no training stage
+    claims = _stale_after_editing(dest, env, "src/gradience/claims/registry.yaml", lambda t: t + "\n# edited\n")
+    assert claims == set(STAGES), claims
+    for path in ("src/gradience/cli.py", "src/gradience/studies/registry.py"):
+        assert _stale_after_editing(dest, env, path, sentence) == set(), path
+    assert _stale_after_editing(dest, env, "src/gradience/studies/grokking/runs.py", sentence) >= {"grokking_runs"}
 
 
 def test_an_experiment_with_a_set_param_runs(clone):

@@ -1,5 +1,8 @@
-"""dvc.yaml is generated from the studies, lists every module a stage loads, and tracks no git file."""
+"""dvc.yaml is generated from the studies, lists every module a stage loads, keeps report-side code out of
+every training stage, and tracks no git file."""
 
+import ast
+import importlib
 import json
 import subprocess
 import sys
@@ -10,7 +13,8 @@ import yaml
 
 from conftest import REPO
 from gradience import pipeline
-from gradience.studies import STAGES
+from gradience.studies.grid import runs_module
+from gradience.studies.registry import STAGES
 
 
 def test_committed_dvc_yaml_is_the_generated_one():
@@ -26,11 +30,58 @@ def test_each_study_is_a_training_stage_and_a_report_stage():
         assert runs["params"] == [f"{stage}.runs"] and report["params"] == [f"{stage}.report"]
         assert runs["outs"] == [f"reports/{stage}/tables"]
         assert f"reports/{stage}/tables" in report["deps"] and f"notebooks/{stage}.py" in report["deps"]
-        for needed in ("src/gradience/studies/base.py", f"src/gradience/studies/{stage}.py",
-                       "src/gradience/parallel.py", "src/gradience/provenance.py", "src/gradience/config.py"):
+        assert runs["cmd"] == f"python -m gradience.studies.grid {stage}"
+        assert report["cmd"] == f"python -m gradience.runner {stage}"
+        for needed in ("src/gradience/studies/grid.py", "src/gradience/studies/protocol.py",
+                       f"src/gradience/studies/{stage}/runs.py", "src/gradience/parallel.py",
+                       "src/gradience/provenance.py", "src/gradience/config.py"):
             assert needed in runs["deps"], needed
-        for needed in ("src/gradience/runner.py", "src/gradience/reporting.py", "src/gradience/plots.py"):
+        for needed in ("src/gradience/runner.py", "src/gradience/reporting.py", "src/gradience/plots.py",
+                       "src/gradience/studies/notebook.py", f"src/gradience/studies/{stage}/analysis.py",
+                       f"src/gradience/studies/{stage}/findings.py", pipeline.CLAIM_REGISTRY):
             assert needed in report["deps"], needed
+
+
+REPORT_SIDE = ("src/gradience/reporting.py", "src/gradience/plots.py", "src/gradience/runner.py",
+               "src/gradience/cli.py", "src/gradience/__main__.py", "src/gradience/pipeline.py",
+               "src/gradience/verify.py", "src/gradience/studies/notebook.py", "src/gradience/studies/registry.py",
+               "src/gradience/claims/registry.yaml")
+
+
+def _report_side(path: str) -> bool:
+    name = Path(path).name
+    return path in REPORT_SIDE or name in ("analysis.py", "findings.py", "figures.py") or path.startswith("notebooks/")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_no_training_stage_depends_on_report_side_code(stage):
+    """Editing a verdict, a figure, a sentence, the CLI or the list of studies retrains nothing."""
+    spec = yaml.safe_load(pipeline.render())["stages"]
+    leaked = [d for d in spec[f"{stage}_runs"]["deps"] if _report_side(d)]
+    assert not leaked, f"{stage}_runs depends on report-side code: {leaked}"
+
+
+def test_report_side_check_recognises_report_side_code():
+    assert _report_side("src/gradience/studies/grokking/findings.py")
+    assert _report_side("src/gradience/studies/lora_family/figures.py")
+    assert _report_side("src/gradience/reporting.py") and not _report_side("src/gradience/studies/grokking/runs.py")
+
+
+def test_every_study_package_is_split_along_its_stages_with_nothing_in_init():
+    studies = Path(REPO, "src/gradience/studies")
+    for stage in STAGES:
+        assert {"runs.py", "analysis.py", "findings.py"} <= {p.name for p in (studies / stage).glob("*.py")}, stage
+    for init in Path(REPO, "src/gradience").rglob("__init__.py"):
+        tree = ast.parse(init.read_text())
+        body = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+        if init.parent == studies or init.parent.parent == studies:
+            assert not body, f"{init.relative_to(REPO)} defines something: every parent __init__ is in a closure"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_findings_are_one_function_per_claim_with_the_claim_as_docstring(stage):
+    mod = importlib.import_module(f"gradience.studies.{stage}.findings")
+    assert mod.CLAIMS and all(callable(f) and (f.__doc__ or "").strip() for f in mod.CLAIMS), stage
 
 
 def test_a_base_model_is_prepared_once_by_its_own_stage_and_feeds_the_runs():
@@ -48,9 +99,7 @@ def test_a_base_model_is_prepared_once_by_its_own_stage_and_feeds_the_runs():
 
 
 def test_an_unknown_base_model_is_named(monkeypatch):
-    from gradience.studies import study
-
-    monkeypatch.setattr(study(STAGES[0]), "BASE_MODELS", ("gpt5",), raising=False)
+    monkeypatch.setattr(runs_module(STAGES[0]), "BASE_MODELS", ("gpt5",), raising=False)
     with pytest.raises(KeyError, match="unknown BASE_MODELS.*gpt5"):
         pipeline.base_models(STAGES[0])
 
@@ -67,13 +116,15 @@ def _files(modules: set[str]) -> set[str]:
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_static_closure_covers_every_module_a_stage_loads(stage):
-    """What a stage really imports (after loading the study and its runner) is within its deps."""
+    """What a stage's command really imports (its entry module and the study) is within its deps,
+    and the training command loads no report-side module."""
     spec = yaml.safe_load(pipeline.render())["stages"]
-    train = _loaded_modules(f"import gradience.cli, gradience.studies.base, gradience.studies.{stage}")
+    train = _loaded_modules(f"from gradience.studies import grid\ngrid.runs_module({stage!r})")
     assert _files(train) <= set(spec[f"{stage}_runs"]["deps"]), _files(train) - set(spec[f"{stage}_runs"]["deps"])
+    assert not [f for f in _files(train) if _report_side(f)], "the training command loads report-side code"
     notebook = Path(REPO, "notebooks", f"{stage}.py").read_text()
     imports = "\n".join(line for line in notebook.splitlines() if line.startswith(("import ", "from ")))
-    report = _loaded_modules(f"import gradience.cli, gradience.runner\n{imports}")
+    report = _loaded_modules(f"import gradience.runner, gradience.studies.{stage}.findings\n{imports}")
     assert _files(report) <= set(spec[stage]["deps"]), _files(report) - set(spec[stage]["deps"])
 
 

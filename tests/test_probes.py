@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from gradience.studies import lm_regimes
+from gradience.studies.lm_regimes import analysis as lm_analysis
+from gradience.studies.lm_regimes import runs as lm_runs
 from gradience.telemetry.probes import (
     fisher_eigensystem,
     hessian_values,
@@ -69,7 +70,7 @@ def test_fisher_eigensystem_matches_the_explicit_fisher():
 
 
 def test_blowup_stop_fires_above_factor_times_the_initial_loss_or_on_nan():
-    stop = lm_regimes.blowup_stop(1.5)
+    stop = lm_runs.blowup_stop(1.5)
     rec = Recorder("r")
     for step, loss in ((0, 4.0), (8, 5.9), (16, 6.1), (24, float("nan"))):
         rec.log(step, "model", "train_loss", loss)
@@ -84,15 +85,15 @@ def _ar1(n, phi, rng):
 
 
 def test_coupling_test_finds_a_known_lead_and_rejects_independent_series():
-    c = lm_regimes.CouplingParams(max_lag=4, surrogates=199, detrend="none", min_points=12)
+    c = lm_analysis.CouplingParams(max_lag=4, surrogates=199, detrend="none", min_points=12)
     rng = np.random.default_rng(0)
     x = _ar1(80, 0.5, rng)
     y = np.roll(x, 3) + 0.3 * rng.standard_normal(80)  # y_t ≈ x_{t-3}: x leads by 3
-    res = lm_regimes.coupling_test(x[3:], y[3:], c)
+    res = lm_analysis.coupling_test(x[3:], y[3:], c)
     assert res["best_lag"] == 3 and res["best_r"] > 0.8 and res["p_value"] < 0.01
-    res = lm_regimes.coupling_test(_ar1(80, 0.5, rng), _ar1(80, 0.5, rng), c)
+    res = lm_analysis.coupling_test(_ar1(80, 0.5, rng), _ar1(80, 0.5, rng), c)
     assert res["p_value"] > 0.05
-    assert math.isnan(lm_regimes.coupling_test(x[:10], y[:10], c)["p_value"])  # below min_points
+    assert math.isnan(lm_analysis.coupling_test(x[:10], y[:10], c)["p_value"])  # below min_points
 
 
 def test_prepared_series_is_the_detrended_log_of_a_positive_series():
@@ -102,7 +103,7 @@ def test_prepared_series_is_the_detrended_log_of_a_positive_series():
     np.testing.assert_allclose(signals.log_if_positive(x), [0, 1, 2, 3, 1, 0])
     with_zero = np.array([0.0, 1.0, 2.0])
     np.testing.assert_array_equal(signals.log_if_positive(with_zero), with_zero)  # not all positive: as is
-    c = lm_regimes.CouplingParams(max_lag=1, surrogates=19, detrend="linear", min_points=6)
+    c = lm_analysis.CouplingParams(max_lag=1, surrogates=19, detrend="linear", min_points=6)
     resid = c.prepare(x)
     t = np.arange(6)
     slope, icpt = np.polyfit(t, np.log10(x), 1)
@@ -111,7 +112,7 @@ def test_prepared_series_is_the_detrended_log_of_a_positive_series():
 
 def test_coupling_params_reject_too_few_points_for_the_lags():
     with pytest.raises(ValueError, match="min_points=8 must be ≥ 2·max_lag \\+ 3 = 11"):
-        lm_regimes.CouplingParams(max_lag=4, surrogates=99, min_points=8)
+        lm_analysis.CouplingParams(max_lag=4, surrogates=99, min_points=8)
 
 
 def test_pre_divergence_and_model_table():
@@ -122,11 +123,11 @@ def test_pre_divergence_and_model_table():
         "value": [10.0, 2.0, 3.0, 1.5, 20.0, 4.0, 1.0, 2.5],
     })
     tele.loc[3, "metric"] = tele.loc[7, "metric"] = "stable_rank"
-    w = lm_regimes.model_table(tele)
+    w = lm_analysis.model_table(tele)
     assert w.spectral_norm_max.tolist() == [3.0, 4.0] and w.kappa.tolist() == [10.0, 20.0]
     assert w.stable_rank_mean.tolist() == [1.5, 2.5]
-    assert lm_regimes.pre_divergence(w, 8.0).step.tolist() == [0]
-    assert len(lm_regimes.pre_divergence(w, math.nan)) == 2
+    assert lm_analysis.pre_divergence(w, 8.0).step.tolist() == [0]
+    assert len(lm_analysis.pre_divergence(w, math.nan)) == 2
 
 
 def test_vectorised_surrogate_p_value_equals_signals_surrogate_pvalue():
@@ -134,15 +135,15 @@ def test_vectorised_surrogate_p_value_equals_signals_surrogate_pvalue():
 
     rng = np.random.default_rng(3)
     x, y = _ar1(40, 0.6, rng), _ar1(40, 0.6, rng)
-    c = lm_regimes.CouplingParams(max_lag=3, surrogates=99, detrend="none", min_points=12)
+    c = lm_analysis.CouplingParams(max_lag=3, surrogates=99, detrend="none", min_points=12)
     xr, yr = c.prepare(x), c.prepare(y)
 
     def stat(s):
         return float(np.nanmax(np.abs(signals.lead_lag(s, yr, 3).correlation)))
 
     expected = signals.surrogate_pvalue(xr, stat, 99, "phase", seed=5)
-    assert lm_regimes.coupling_test(x, y, c, seed=5)["p_value"] == pytest.approx(expected, abs=1e-12)
-    assert lm_regimes.max_abs_cross_correlation(xr[None], yr, 3)[0] == pytest.approx(stat(xr))
+    assert lm_analysis.coupling_test(x, y, c, seed=5)["p_value"] == pytest.approx(expected, abs=1e-12)
+    assert lm_analysis.max_abs_cross_correlation(xr[None], yr, 3)[0] == pytest.approx(stat(xr))
 
 
 def test_sgd_option_of_the_training_loop_is_plain_gradient_descent():

@@ -11,19 +11,22 @@ from gradience.config import ParamsError
 from gradience.models.mlp import MLP
 from gradience.profiles import profile_params
 from gradience.reporting import VERDICTS
-from gradience.studies import base
-from gradience.studies import rank_survey as rs
+from gradience.studies import grid, notebook
+from gradience.studies.rank_survey import analysis as rs
+from gradience.studies.rank_survey import findings as rs_findings
+from gradience.studies.rank_survey import runs as rs_runs
+from gradience.studies.rank_survey import trajectories as rs_traj
 from gradience.telemetry.recorder import Cadence, Recorder
 from gradience.training import TrainConfig, train
 
-C = rs.Criterion(smoothing_window=3, expand_min=0.05, compress_min=0.05, plateau_fraction=0.2, plateau_tol=0.05)
+C = rs_traj.Criterion(smoothing_window=3, expand_min=0.05, compress_min=0.05, plateau_fraction=0.2, plateau_tol=0.05)
 T = np.arange(0, 101, 5)  # 21 cadence points, plateau window t ≥ 80
 
 
 def _smoke(runs=None, report=None):
     """The smoke profile's validated section, with ``runs`` / ``report`` keys replaced."""
     section = profile_params("smoke")["rank_survey"]
-    return base.load_params("rank_survey", section | {"runs": section["runs"] | (runs or {}),
+    return notebook.load_params("rank_survey", section | {"runs": section["runs"] | (runs or {}),
                                                       "report": section.get("report", {}) | (report or {})})
 
 
@@ -36,9 +39,9 @@ def _piecewise(*knots):
 @pytest.mark.parametrize(
     ("values", "label"),
     [
-        (_piecewise((0, 10), (25, 15), (35, 15), (70, 11), (100, 11)), rs.ECP),
+        (_piecewise((0, 10), (25, 15), (35, 15), (70, 11), (100, 11)), rs_traj.ECP),
         (_piecewise((0, 10), (30, 15), (100, 9)), "expansion→compression"),  # still falling at the end
-        (10 * (0.5 + 0.5 * np.exp(-T / 15)), rs.MONOTONE),
+        (10 * (0.5 + 0.5 * np.exp(-T / 15)), rs_traj.MONOTONE),
         (_piecewise((0, 10), (30, 7), (100, 9)), "compression→expansion"),
         (_piecewise((0, 10), (100, 13)), "expansion"),
         (_piecewise((0, 10), (20, 8), (35, 9.8), (50, 7.8), (100, 7.6)), "compression"),  # rebounds 13 %
@@ -46,63 +49,63 @@ def _piecewise(*knots):
     ],
 )
 def test_trajectory_shapes_on_synthetic_curves(values, label):
-    shape = rs.trajectory_shape(T, values, C)
+    shape = rs_traj.trajectory_shape(T, values, C)
     assert shape["label"] == label
-    assert shape["hypothesis4"] == (label == rs.ECP)
-    assert shape["monotone"] == (label == rs.MONOTONE)
+    assert shape["hypothesis4"] == (label == rs_traj.ECP)
+    assert shape["monotone"] == (label == rs_traj.MONOTONE)
 
 
 def test_criterion_numbers_and_outlier_robustness():
     values = _piecewise((0, 10), (25, 15), (35, 15), (70, 11), (100, 11))
-    s = rs.trajectory_shape(T, values, C)
+    s = rs_traj.trajectory_shape(T, values, C)
     assert s["peak"] == pytest.approx(15) and s["peak_step"] == 25
     assert s["end_level"] == pytest.approx(11)
     assert s["start"] == pytest.approx(10.5)  # the window shrinks at the ends: median of 10 and 11
     flat = np.full(T.size, 10.0)
     flat[10] = 30.0  # one wild point: the rolling median removes it
-    assert rs.trajectory_shape(T, flat, C)["label"] == "flat"
-    assert rs.trajectory_shape(T, flat, C.model_copy(update={"smoothing_window": 1}))["label"] != "flat"
+    assert rs_traj.trajectory_shape(T, flat, C)["label"] == "flat"
+    assert rs_traj.trajectory_shape(T, flat, C.model_copy(update={"smoothing_window": 1}))["label"] != "flat"
     late = _piecewise((0, 10), (90, 15), (100, 11))  # peak inside the plateau window: no hypothesis 4
-    assert not rs.trajectory_shape(T, late, C)["expanded"]
+    assert not rs_traj.trajectory_shape(T, late, C)["expanded"]
 
 
 def test_between_seed_r2_exact_values():
-    assert rs.between_seed_r2([[1, 2, 3], [1, 2, 3]]) == pytest.approx(1.0)
-    assert rs.between_seed_r2([[1, 2, 3], [3, 2, 1]]) == pytest.approx(0.0)
+    assert rs_traj.between_seed_r2([[1, 2, 3], [1, 2, 3]]) == pytest.approx(1.0)
+    assert rs_traj.between_seed_r2([[1, 2, 3], [3, 2, 1]]) == pytest.approx(0.0)
     # seed means (1, 3), grand mean 2: SS_total = 8, SS_within = 4
-    assert rs.between_seed_r2([[0, 2], [2, 4]]) == pytest.approx(0.5)
-    assert math.isnan(rs.between_seed_r2([[2, 2], [2, 2]]))
+    assert rs_traj.between_seed_r2([[0, 2], [2, 4]]) == pytest.approx(0.5)
+    assert math.isnan(rs_traj.between_seed_r2([[2, 2], [2, 2]]))
 
 
 def test_setback_plateau_and_window_changes_exact_values():
     steps = np.array([0, 10, 20, 30, 40])
     loss = np.array([2.0, 1.0, 0.5, 1.25, 0.4])
-    assert rs.setback(steps, loss, 0) == pytest.approx((1.25 - 0.5) / (2.0 - 0.5))
-    assert rs.setback(steps, loss, 35) == 0.0  # the only rise is before the burn-in
-    assert rs.setback(steps, np.array([2.0, 1.0, 0.5, 0.2, 0.1]), 0) == 0.0
+    assert rs_traj.setback(steps, loss, 0) == pytest.approx((1.25 - 0.5) / (2.0 - 0.5))
+    assert rs_traj.setback(steps, loss, 35) == 0.0  # the only rise is before the burn-in
+    assert rs_traj.setback(steps, np.array([2.0, 1.0, 0.5, 0.2, 0.1]), 0) == 0.0
     # plateau: the last 20 % of steps (t ≥ 80) move by 0.02 of a total decrease of 1.98 (no smoothing)
     t = np.arange(0, 101, 10)
     ell = np.array([2.0, 1.0, 0.5, 0.3, 0.2, 0.1, 0.06, 0.04, 0.04, 0.03, 0.02])
-    pl = rs.Plateau(window_fraction=0.2, max_progress=0.025)
-    assert rs.loss_plateau(t, ell, 10, 1, pl) == pytest.approx(0.02 / 1.98)
+    pl = rs_traj.Plateau(window_fraction=0.2, max_progress=0.025)
+    assert rs_traj.loss_plateau(t, ell, 10, 1, pl) == pytest.approx(0.02 / 1.98)
     odd = np.insert(t, 5, 45)  # an off-grid (log-cadence) point is ignored
-    assert rs.loss_plateau(odd, np.insert(ell, 5, 9.0), 10, 1, pl) == pytest.approx(0.02 / 1.98)
+    assert rs_traj.loss_plateau(odd, np.insert(ell, 5, 9.0), 10, 1, pl) == pytest.approx(0.02 / 1.98)
     # rolling median of 3: s = 1.5 (ends shrink the window), 1.0, …, 0.04, 0.03, 0.025
-    assert rs.loss_plateau(t, ell, 10, 3, pl) == pytest.approx(0.015 / 1.475)
-    assert math.isnan(rs.loss_plateau(t, np.full(t.size, 2.0), 10, 1, pl))  # never decreased
+    assert rs_traj.loss_plateau(t, ell, 10, 3, pl) == pytest.approx(0.015 / 1.475)
+    assert math.isnan(rs_traj.loss_plateau(t, np.full(t.size, 2.0), 10, 1, pl))  # never decreased
     grid = np.array([0, 5, 10, 12, 15, 20])
     values = np.exp([0.0, 0.1, 0.2, 9.0, 0.5, 0.6])  # step 12 is off the even grid (every 5)
-    assert rs.window_change(grid, values, 10, 15) == pytest.approx(0.3)
-    assert math.isnan(rs.window_change(grid, values, 10, 25))
-    assert rs.max_window_change(grid, values, 5, 5, 0) == pytest.approx(0.3)  # 10 → 15
-    assert rs.max_window_change(grid, values, 5, 5, 11) == pytest.approx(0.1)  # only 15 → 20 is after step 11
-    assert rs.max_window_change(grid, values, 5, 10, 0) == pytest.approx(0.4)  # 5 → 15 and 10 → 20
+    assert rs_traj.window_change(grid, values, 10, 15) == pytest.approx(0.3)
+    assert math.isnan(rs_traj.window_change(grid, values, 10, 25))
+    assert rs_traj.max_window_change(grid, values, 5, 5, 0) == pytest.approx(0.3)  # 10 → 15
+    assert rs_traj.max_window_change(grid, values, 5, 5, 11) == pytest.approx(0.1)  # only 15 → 20 is after step 11
+    assert rs_traj.max_window_change(grid, values, 5, 10, 0) == pytest.approx(0.4)  # 5 → 15 and 10 → 20
 
 
 def test_change_probe_matches_numpy_on_weight_change_and_gradient():
     torch.manual_seed(0)
     model = MLP(6, [5], 3)
-    probe = rs.ChangeProbe(model)
+    probe = rs_runs.ChangeProbe(model)
     w0 = model.hidden[0].weight.detach().double().numpy().copy()
     with torch.no_grad():
         model.hidden[0].weight.add_(0.1 * torch.randn(5, 6))
@@ -131,15 +134,15 @@ def test_change_probe_matches_numpy_on_weight_change_and_gradient():
 
 
 def test_spike_window_is_on_the_cadence_grid_and_drives_the_learning_rate(data_dir):
-    assert rs.spike_window(1000, 20, rs.Spike(start_fraction=0.5, duration_fraction=0.04, sizes=[3])) == (500, 540)
+    assert rs_runs.spike_window(1000, 20, rs_runs.Spike(start_fraction=0.5, duration_fraction=0.04, sizes=[3])) == (500, 540)
     with pytest.raises(ValueError, match="does not end before"):
-        rs.spike_window(100, 20, rs.Spike(start_fraction=0.8, duration_fraction=0.15, sizes=[3]))
+        rs_runs.spike_window(100, 20, rs_runs.Spike(start_fraction=0.8, duration_fraction=0.15, sizes=[3]))
     from gradience.tasks.digits import digits_split
 
     split = digits_split(data_dir, 0.7, 0, flatten=True)
     rec = Recorder("r")
     train(MLP(64, [8], 10), split, TrainConfig(steps=12, lr=1e-3), recorder=rec, cadence=Cadence(1, 12),
-          lr_schedule=rs.lr_multiplier((4, 8), 10.0))
+          lr_schedule=rs_runs.lr_multiplier((4, 8), 10.0))
     lr = rec.frame().query("metric == 'lr'").set_index("step")["value"]
     assert lr[3] == pytest.approx(1e-3) and lr[4] == pytest.approx(1e-2) and lr[7] == pytest.approx(1e-2)
     assert lr[8] == pytest.approx(1e-3)
@@ -147,7 +150,7 @@ def test_spike_window_is_on_the_cadence_grid_and_drives_the_learning_rate(data_d
 
 def test_short_names():
     assert rs.short_name("lm.model.layers.0.self_attn.q_proj.weight") == "layers.0.q_proj"
-    assert rs.short_name("lm.lm_head.weight") == "lm_head" and rs.arm_name(30.0) == "x30"
+    assert rs.short_name("lm.lm_head.weight") == "lm_head" and rs_runs.arm_name(30.0) == "x30"
 
 
 def test_params_reject_impossible_settings():
@@ -172,12 +175,12 @@ def test_params_reject_impossible_settings():
 
 def test_jobs_cover_the_grid_with_unique_readable_ids_slow_families_first():
     p = _smoke(runs={"seeds": [0, 1, 2]}).runs
-    jobs = rs.jobs(p, "data")
+    jobs = rs_runs.jobs(p, "data")
     assert len(jobs) == len(p.families) * len(p.sizes) * 3
     assert {j.run_id for j in jobs} == {f"{f}/x{z:g}/s{s}" for f in p.families for z in p.sizes for s in (0, 1, 2)}
     assert all(j.spec == (j.condition.split("/")[0], float(j.condition.split("/x")[1])) for j in jobs)
     families = [j.spec[0] for j in jobs]
-    assert families == sorted(families, key=lambda f: -rs.RUN_COST[f])  # transformer, then cnn, then mlp
+    assert families == sorted(families, key=lambda f: -rs_runs.RUN_COST[f])  # transformer, then cnn, then mlp
 
 
 def _analysis(p, *, h4=True, plateau=True, moved=0.5, setbacks=(0.0, 0.5), response=0.2, jump=0.5, seeds=3):
@@ -193,7 +196,7 @@ def _analysis(p, *, h4=True, plateau=True, moved=0.5, setbacks=(0.0, 0.5), respo
                            for r in healthy["run"] for i in range(2)])
     shapes = pd.DataFrame([{"run": r.run, "family": "mlp", "arm": "x1", "lr_spike": 1.0, "role": "healthy",
                             "seed": r.seed, "scope": f"l{i}", "matrix": m, "hypothesis4": h4 and m == "change",
-                            "monotone": m == "weight", "label": rs.ECP if h4 and m == "change" else rs.MONOTONE}
+                            "monotone": m == "weight", "label": rs_traj.ECP if h4 and m == "change" else rs_traj.MONOTONE}
                            for r in healthy.itertuples() for i in range(2) for m in rs.MATRICES])
     agreement = pd.DataFrame([{"family": "mlp", "scope": f"l{i}", "matrix": m, "r2": r2, "flat": False,
                                "n_seeds": seeds} for i, r2 in enumerate((0.95, 0.3)) for m in rs.MATRICES])
@@ -209,9 +212,9 @@ def test_findings_verdicts_follow_the_measurements_and_the_budgets():
     p = _smoke(runs={"families": ["mlp"], "seeds": [0, 1, 2]})
 
     def verdicts(a, report=p.report):
-        return [r["verdict"] for r in rs.findings(a, report)]
+        return [r["verdict"] for r in rs_findings.findings(a, report)]
 
-    rows = rs.findings(_analysis(p), p.report)
+    rows = rs_findings.findings(_analysis(p), p.report)
     assert [r["id"] for r in rows] == 3 * ["rank_survey.expansion_compression_plateau"] + 3 * [
         "rank_survey.monotone_decrease"] + 3 * ["rank_survey.structured_dynamics"] + [
         "rank_survey.instability_rank_inflation", "rank_survey.instability_sudden_change"]
@@ -231,14 +234,14 @@ def test_findings_verdicts_follow_the_measurements_and_the_budgets():
     assert no_plateau[:6] == ["not comparable", "reproduced", "not comparable", "reproduced", "not comparable",
                               "not comparable"]
     # W that did not move: the W rows are not comparable
-    still = rs.findings(_analysis(p, moved=0.01), p.report)
+    still = rs_findings.findings(_analysis(p, moved=0.01), p.report)
     assert still[0]["verdict"] == "not comparable" and "mlp healthy W that moved ‖W_T − W₀‖/‖W₀‖ ≥ 0.1 0 (needs ≥ 3)" in \
         still[0]["why"]
     # a spike that never destabilised: not comparable, whatever the rank does
     calm = verdicts(_analysis(p, setbacks=(0.0, 0.05)))
     assert calm[9:] == ["not comparable", "not comparable"]
     # destabilised, but the rank collapses and does not jump beyond the healthy null
-    rows = rs.findings(_analysis(p, response=-0.3, jump=0.01), p.report)
+    rows = rs_findings.findings(_analysis(p, response=-0.3, jump=0.01), p.report)
     assert [r["verdict"] for r in rows[9:]] == ["not reproduced", "not reproduced"]
     assert "collapsed (≤ −5%) in 100%" in rows[9]["why"]
     # two seeds: the spread over seeds is short of budget
@@ -249,33 +252,35 @@ def test_findings_verdicts_follow_the_measurements_and_the_budgets():
 
 def test_smoke_stage_end_to_end(data_dir, tmp_path):
     p = _smoke()
-    tables = base.train("rank_survey", p, tmp_path, data_dir)
+    tables = grid.train("rank_survey", p, tmp_path, data_dir)
     assert sorted(f.name for f in tables.iterdir()) == ["changes.parquet", "params.json", "runs.parquet",
                                                         "telemetry.parquet"]
-    t = base.load_tables("rank_survey", tmp_path / "tables")
+    t = notebook.load_tables("rank_survey", tmp_path / "tables")
     assert t.params == p.runs
     n_runs = len(p.runs.families) * len(p.runs.sizes) * len(p.runs.seeds)
     assert len(t.runs) == n_runs and set(t.runs["outcome"]) == {"completed"}
     assert {"profile", "device", "git_rev", "versions", "cpu_seconds", "family", "lr_spike", "event_start"} <= set(t.runs)
-    assert set(t.changes["matrix"]) == {"change", "gradient"} and set(t.changes["metric"]) == set(rs.CHANGE_METRICS)
+    assert set(t.changes["matrix"]) == {"change", "gradient"} and set(t.changes["metric"]) == set(rs_runs.CHANGE_METRICS)
     a = rs.analyse(t, p.report)
     assert {"setback", "destabilised", "plateau_progress", "plateau_reached", "rank_jump"} <= set(a.runs)
     assert t.runs["run"].iloc[0].startswith("transformer/")  # trained slow runs first, analysed in grid order:
     assert a.runs["run"].tolist() == [f"{f}/x{z:g}/s{s}" for f in p.runs.families for z in p.runs.sizes
                                       for s in p.runs.seeds]
-    assert set(a.shapes["label"]) <= set(rs.SHAPES) and set(a.shapes["matrix"]) == set(rs.MATRICES)
+    assert set(a.shapes["label"]) <= set(rs_traj.SHAPES) and set(a.shapes["matrix"]) == set(rs.MATRICES)
     n_layers = t.telemetry[t.telemetry.scope != "model"].groupby("run")["scope"].nunique().sum()
     assert len(a.shapes) == 3 * n_layers  # one shape per (run, layer, matrix) trajectory
     # a spike run is the healthy run until the spike starts (same seed, data and initialisation)
     resp = a.response
-    assert len(resp) == 3 * t.telemetry[t.telemetry.scope != "model"].query("run.str.contains('/x10/')")[
+    spike_runs = t.runs.loc[t.runs["lr_spike"] == 10, "run"]
+    assert len(resp) == 3 * t.telemetry[(t.telemetry.scope != "model") & t.telemetry.run.isin(spike_runs)][
         ["run", "scope"]].drop_duplicates().shape[0]
     ranks = a.ranks.set_index(["run", "scope", "matrix", "step"])["value"]
+    healthy_run = t.runs[t.runs["role"] == "healthy"].set_index(["family", "seed"])["run"]
     for row in resp.head(6).itertuples():
-        start = rs.family_spike_window(p.runs, row.family)[0]
-        assert row.before == ranks[(row.run.replace("/x10/", "/x1/"), row.scope, row.matrix, start)]
+        start = rs_runs.family_spike_window(p.runs, row.family)[0]
+        assert row.before == ranks[(healthy_run[(row.family, row.seed)], row.scope, row.matrix, start)]
     # W − W₀ at the end, recomputed: the change's Frobenius norm over ‖W₀‖ is the layer's `moved`
-    split, mlp = rs.build_split_and_model("mlp", p.runs.mlp, p.runs.seeds[0], data_dir)
+    split, mlp = rs_runs.build_split_and_model("mlp", p.runs.mlp, p.runs.seeds[0], data_dir)
     w0 = mlp.readout.weight.detach().double().numpy().copy()
     cfg = TrainConfig(steps=p.runs.mlp.steps, lr=p.runs.mlp.lr, weight_decay=p.runs.mlp.weight_decay,
                       batch_size=p.runs.mlp.batch_size, betas=p.runs.mlp.betas, seed=p.runs.seeds[0])
@@ -283,7 +288,7 @@ def test_smoke_stage_end_to_end(data_dir, tmp_path):
     moved = a.layers.set_index(["run", "scope"]).loc[(f"mlp/x1/s{p.runs.seeds[0]}", "readout.weight"), "moved"]
     assert moved == pytest.approx(np.linalg.norm(mlp.readout.weight.detach().double().numpy() - w0) /
                                   np.linalg.norm(w0), rel=1e-4)
-    rows = rs.findings(a, p.report)
+    rows = rs_findings.findings(a, p.report)
     assert len(rows) == 9 + 2 * len(p.runs.families)
     assert {r["verdict"] for r in rows} <= set(VERDICTS)
     assert all(("needs ≥" in r["why"]) for r in rows)  # every verdict names its budget
@@ -296,7 +301,7 @@ def test_smoke_stage_end_to_end(data_dir, tmp_path):
     assert set(curves["curve"]) == {f"{m}_{f}_x{z:g}" for m in ("train_loss", "effective_rank_weight",
                                                                "effective_rank_change", "effective_rank_gradient")
                                     for f in p.runs.families for z in p.runs.sizes}
-    table = base.write_report("rank_survey", a, p.report, tmp_path)
+    table = notebook.write_report("rank_survey", a, p.report, tmp_path)
     assert len(table) == len(rows)
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert sum(written["findings"].values()) == len(rows)

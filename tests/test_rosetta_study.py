@@ -8,8 +8,12 @@ import pytest
 from gradience.config import ParamsError
 from gradience.profiles import profile_params
 from gradience.reporting import VERDICTS, claims
-from gradience.studies import base
-from gradience.studies import rosetta as rs
+from gradience.rosetta.protocol import OPTIMIZER_RULES
+from gradience.studies import notebook
+from gradience.studies.protocol import Tables
+from gradience.studies.rosetta import analysis as rs
+from gradience.studies.rosetta import findings as rs_findings
+from gradience.studies.rosetta import runs as rs_runs
 from gradience.telemetry.glossary import undefined
 
 STAGE = "rosetta"
@@ -22,44 +26,45 @@ def section():
 
 @pytest.fixture
 def smoke(section):
-    return base.load_params(STAGE, section)
+    return notebook.load_params(STAGE, section)
 
 
 def test_params_reject_bad_values_with_the_key(section):
     runs = section["runs"]
     with pytest.raises(ParamsError, match="the first arm must be 'conventional'"):
-        base.load_params(STAGE, section | {"runs": runs | {"arms": [{"name": "mass", "rules": ["mass"]}]}})
+        notebook.load_params(STAGE, section | {"runs": runs | {"arms": [{"name": "mass", "rules": ["mass"]}]}})
     with pytest.raises(ParamsError, match=r"arm 'x': unknown rules \['warp'\]"):
-        base.load_params(STAGE, section | {"runs": runs | {"arms": [{"name": "conventional"},
+        notebook.load_params(STAGE, section | {"runs": runs | {"arms": [{"name": "conventional"},
                                                                      {"name": "x", "rules": ["warp"]}]}})
     with pytest.raises(ParamsError, match=r"unknown rules \['mass'\]"):  # an optimizer rule is no LoRA rule
-        base.load_params(STAGE, section | {"runs": runs | {"lora_arms": [{"name": "conventional"},
+        notebook.load_params(STAGE, section | {"runs": runs | {"lora_arms": [{"name": "conventional"},
                                                                           {"name": "g", "rules": ["mass"]}]}})
     with pytest.raises(ParamsError, match="tasks must be unique"):
-        base.load_params(STAGE, section | {"runs": runs | {"tasks": ["digits", "digits"]}})
+        notebook.load_params(STAGE, section | {"runs": runs | {"tasks": ["digits", "digits"]}})
     with pytest.raises(ParamsError, match=r"rosetta.runs.modular.lr"):
-        base.load_params(STAGE, section | {"runs": runs | {"modular": runs["modular"] | {"lr": -1}}})
+        notebook.load_params(STAGE, section | {"runs": runs | {"modular": runs["modular"] | {"lr": -1}}})
     with pytest.raises(ParamsError, match="arm names must be unique"):
-        base.load_params(STAGE, section | {"runs": runs | {"arms": [{"name": "conventional"}, {"name": "conventional"}]}})
+        notebook.load_params(STAGE, section | {"runs": runs | {"arms": [{"name": "conventional"}, {"name": "conventional"}]}})
 
 
 def test_jobs_cover_tasks_arms_seeds(smoke):
     r = smoke.runs
-    jobs = rs.jobs(r, "data")
+    jobs = rs_runs.jobs(r, "data")
     assert len(jobs) == len(r.seeds) * (2 * len(r.arms) + len(r.lora_arms))
     assert len({j.run_id for j in jobs}) == len(jobs)
-    assert {j.condition.split(".")[0] for j in jobs} == {"modular", "digits", "reviews"}
+    assert {j.spec[0] for j in jobs} == {"modular", "digits", "reviews"}
 
 
 def test_default_profile_is_a_complete_comparison():
-    p = base.load_params(STAGE, profile_params("default")[STAGE])
+    p = notebook.load_params(STAGE, profile_params("default")[STAGE])
     assert len(p.runs.seeds) >= p.report.min_seeds == 3
-    assert {x for a in p.runs.arms for x in a.rules} == set(rs.OPTIMIZER_RULES)
+    assert {x for a in p.runs.arms for x in a.rules} == set(OPTIMIZER_RULES)
     assert p.runs.reviews.steps >= p.report.lora_steps_needed
 
 
 def test_every_claim_is_registered_and_every_logged_metric_defined():
-    ids = [*rs.CLAIMS.values(), rs.SCALE_CLAIM, rs.STOP_CLAIM, rs.BATCH_CLAIM, "rosetta.lora_budget_held"]
+    f = rs_findings
+    ids = [*f.ARM_CLAIMS.values(), f.SCALE_CLAIM, f.STOP_CLAIM, f.BATCH_CLAIM, f.BUDGET_CLAIM]
     assert set(ids) <= set(claims())
     metrics = {"train_loss", "train_acc", "test_loss", "test_acc", "lr", "batch_loss", "adam_eps", "weight_decay",
                "eta_ceiling", "eta_sps", "eta_weyl", "eta_step", "binding_weyl", "binding_lr_max", "lora_rank",
@@ -67,23 +72,30 @@ def test_every_claim_is_registered_and_every_logged_metric_defined():
     assert undefined(metrics) == set()
 
 
+def test_each_claim_function_states_its_claim():
+    registry = claims()
+    ids = [*rs_findings.ARM_CLAIMS.values(), rs_findings.STOP_CLAIM, rs_findings.BATCH_CLAIM, rs_findings.SCALE_CLAIM,
+           rs_findings.BUDGET_CLAIM]
+    assert [f.__doc__ for f in rs_findings.CLAIMS] == [registry[i]["claim"] + "." for i in ids]
+
+
 def test_run_one_small_tasks(smoke, data_dir):
     r = smoke.runs.model_copy(update={"modular": smoke.runs.modular.model_copy(update={"steps": 40}),
                                       "digits": smoke.runs.digits.model_copy(update={"steps": 40})})
-    jobs = {j.condition: j for j in rs.jobs(r, str(data_dir))}
-    conv = rs.run_one(jobs["digits.conventional"])
+    jobs = {j.condition: j for j in rs_runs.jobs(r, str(data_dir))}
+    conv = rs_runs.run_one(jobs["digits.conventional"])
     rec, hist = conv.record, conv.tables["history"]
     assert rec["outcome"] == "completed" and rec["final_test_acc"] > 0.5  # digits learn in 40 steps
     assert rec["b_crit_init"] > 0 and math.isfinite(rec["b_crit_final"])
     assert set(hist.metric) == {"train_loss", "train_acc", "test_loss", "test_acc", "lr"}
     assert hist[hist.metric == "test_acc"].step.tolist() == [0, 20, 40]
     assert undefined(set(conv.tables["rules"].metric)) == set()
-    again = rs.run_one(jobs["digits.conventional"])  # same params + seed → same telemetry on CPU
+    again = rs_runs.run_one(jobs["digits.conventional"])  # same params + seed → same telemetry on CPU
     pd.testing.assert_frame_equal(hist, again.tables["history"])
-    decay = rs.run_one(jobs["modular.decay"])
+    decay = rs_runs.run_one(jobs["modular.decay"])
     wd = decay.tables["rules"].query("metric == 'weight_decay'").value
     assert (wd < r.modular.weight_decay).all() and (wd > 0).all()  # λ₀·σ_k/σ_max < λ₀
-    mass = rs.run_one(jobs["digits.mass"])
+    mass = rs_runs.run_one(jobs["digits.mass"])
     eta = mass.tables["rules"].query("metric == 'eta_step'")
     assert len(eta) == r.digits.steps // r.mass_every and (eta.value > 0).all()
 
@@ -110,12 +122,12 @@ def test_run_one_reviews_on_a_tiny_bert(smoke, tmp_path, monkeypatch):
 
     monkeypatch.setattr(bm, "load_classifier", load)
     monkeypatch.setattr(bm, "minilm_folder", lambda: tmp_path)
-    jobs = {j.condition: j for j in rs.jobs(smoke.runs, str(tmp_path))}
-    conv = rs.run_one(jobs["reviews.conventional"])
+    jobs = {j.condition: j for j in rs_runs.jobs(smoke.runs, str(tmp_path))}
+    conv = rs_runs.run_one(jobs["reviews.conventional"])
     lora = conv.tables["lora"]
     assert len(lora) == 2 and (lora.scale == 2.0).all() and (lora.excess > 0).all()
     assert conv.record["n_targets"] == 2 and 0 <= conv.record["final_test_acc"] <= 1
-    geo = rs.run_one(jobs["reviews.geometric"])
+    geo = rs_runs.run_one(jobs["reviews.geometric"])
     assert geo.record["n_targets"] == 6 and (geo.tables["lora"].scale == 1.0).all()
     ratios = geo.tables["history"].query("metric == 'budget_ratio_max'").value
     assert len(ratios) == smoke.runs.reviews.steps + 1 and ratios.iloc[0] == pytest.approx(1.0, rel=1e-4)
@@ -124,8 +136,8 @@ def test_run_one_reviews_on_a_tiny_bert(smoke, tmp_path, monkeypatch):
     assert (geo.tables["lora"].r <= smoke.runs.reviews.r_max).all()
 
 
-def _synthetic(acc: dict[str, list[float]], task="digits", lora=None) -> base.Tables:
-    p = base.load_params(STAGE, profile_params("default")[STAGE]).runs
+def _synthetic(acc: dict[str, list[float]], task="digits", lora=None) -> Tables:
+    p = notebook.load_params(STAGE, profile_params("default")[STAGE]).runs
     rows = []
     for arm, values in acc.items():
         for seed, v in enumerate(values):
@@ -139,7 +151,7 @@ def _synthetic(acc: dict[str, list[float]], task="digits", lora=None) -> base.Ta
                          for r in runs.run for s in (0, 100)])
     rules = pd.DataFrame([{"rule": "decay", "scope": "fc.weight", "metric": "weight_decay", "value": 0.004,
                            "step": 0, "run": r} for r in runs.run])
-    return base.Tables(p, runs, {"history": hist, "rules": rules, "lora": lora if lora is not None else pd.DataFrame()})
+    return Tables(p, runs, {"history": hist, "rules": rules, "lora": lora if lora is not None else pd.DataFrame()})
 
 
 def test_findings_verdicts_on_synthetic_tables():
@@ -147,7 +159,7 @@ def test_findings_verdicts_on_synthetic_tables():
     t = _synthetic({"conventional": [0.98, 0.97, 0.98], "decay": [0.98, 0.975, 0.98], "mass": [0.1, 0.09, math.nan],
                     "adam_epsilon": [0.5, 0.48, 0.49]})
     a = rs.analyse(t, P)
-    by_claim = {r["id"]: r for r in rs.findings(a, P)}
+    by_claim = {r["id"]: r for r in rs_findings.findings(a, P)}
     assert by_claim["rosetta.weight_decay"]["verdict"] == "reproduced"
     assert "weight_decay 0.004" in by_claim["rosetta.weight_decay"]["measured"]
     assert by_claim["rosetta.lr_mass"]["verdict"] == "not reproduced"
@@ -155,15 +167,15 @@ def test_findings_verdicts_on_synthetic_tables():
     assert by_claim["rosetta.adam_epsilon"]["verdict"] == "not reproduced"
     assert by_claim["rosetta.early_stopping"]["verdict"] == "reproduced"
     assert by_claim["rosetta.critical_batch"]["verdict"] == "inconclusive"
-    assert all(r["verdict"] in VERDICTS for r in rs.findings(a, P))
+    assert all(r["verdict"] in VERDICTS for r in rs_findings.findings(a, P))
     m = rs.metrics(a, P)
     assert m["digits"]["mass"]["diverged"] == 1 and m["digits"]["decay"]["acc_gap"] == pytest.approx((0.98 + 0.975 + 0.98) / 3 - (0.98 + 0.97 + 0.98) / 3)
     # a conventional arm that did not learn the task: the comparison is not comparable, whatever the arm did
     weak = rs.analyse(_synthetic({"conventional": [0.5, 0.5, 0.5], "decay": [0.5, 0.5, 0.5]}), P)
-    assert {r["id"]: r for r in rs.findings(weak, P)}["rosetta.weight_decay"]["verdict"] == "not comparable"
+    assert {r["id"]: r for r in rs_findings.findings(weak, P)}["rosetta.weight_decay"]["verdict"] == "not comparable"
     # two seeds only: not comparable either
     few = rs.analyse(_synthetic({"conventional": [0.98, 0.98], "mass": [0.1, 0.1]}), P)
-    assert {r["id"]: r for r in rs.findings(few, P)}["rosetta.lr_mass"]["verdict"] == "not comparable"
+    assert {r["id"]: r for r in rs_findings.findings(few, P)}["rosetta.lr_mass"]["verdict"] == "not comparable"
     curves = rs.curves(a, P)
     assert set(curves.curve) == {f"test_acc_digits_{arm}" for arm in ("conventional", "decay", "mass", "adam_epsilon")}
 
@@ -175,11 +187,11 @@ def test_scale_claim_on_synthetic_lora_tables():
                           "ba_norm": 1.0, "sigma_k": 0.01, "bound": 0.01, "excess": 200.0 if "conv" in r else 3.0,
                           "budget_ratio": 400.0 if "conv" in r else 0.5} for r in runs for i in range(4)])
     t = _synthetic({"conventional": [0.7] * 3, "geometric": [0.71] * 3}, task="reviews", lora=lora)
-    by_claim = {r["id"]: r for r in rs.findings(rs.analyse(t, P), P)}
+    by_claim = {r["id"]: r for r in rs_findings.findings(rs.analyse(t, P), P)}
     assert by_claim["rosetta.lora_scale_excess"]["verdict"] == "reproduced"
     assert "median 200" in by_claim["rosetta.lora_scale_excess"]["measured"]
     assert by_claim["rosetta.lora_budget_held"]["verdict"] == "reproduced"
     assert by_claim["rosetta.lora_geometric"]["verdict"] == "reproduced"
-    lora.loc[lora.run.str.contains("conv"), "excess"] = 5.0
+    lora.loc[lora.scale == 2.0, "excess"] = 5.0  # the conventional adapters (s = α/r = 2)
     t = _synthetic({"conventional": [0.7] * 3, "geometric": [0.71] * 3}, task="reviews", lora=lora)
-    assert {r["id"]: r for r in rs.findings(rs.analyse(t, P), P)}["rosetta.lora_scale_excess"]["verdict"] == "not reproduced"
+    assert {r["id"]: r for r in rs_findings.findings(rs.analyse(t, P), P)}["rosetta.lora_scale_excess"]["verdict"] == "not reproduced"

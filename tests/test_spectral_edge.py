@@ -8,8 +8,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from gradience.studies import base
-from gradience.studies import spectral_edge as se
+from gradience.studies.protocol import Job, Tables
+from gradience.studies.spectral_edge import analysis, findings, runs
+from gradience.telemetry.signals import first_step_reaching
 
 TINY = dict(seeds=[0], length=12, n_train=32, n_test=32, model={"d_model": 8, "n_layers": 1, "n_heads": 2},
             steps=12, weight_decays=[0.0, 1.0], main_decay=1.0, removal_at=6, every=3, probe_every=6,
@@ -25,24 +26,24 @@ TINY_SCAN = {"steps": 6, "n_train": 16, "n_test": 8, "batch_size": 4, "every": 3
                                  {"edge_params": "mlp"}, {"grad_clip": -1}])
 def test_params_errors(bad):
     with pytest.raises(ValidationError):
-        se.RunParams(**{**TINY, **bad})
+        runs.RunParams(**{**TINY, **bad})
 
 
 def test_jobs_main_on_every_seed_sweep_on_first():
-    p = se.RunParams(**{**TINY, "seeds": [0, 1, 2], "sweep_seeds": 1})
-    ids = [j.run_id for j in se.jobs(p, "data")]
+    p = runs.RunParams(**{**TINY, "seeds": [0, 1, 2], "sweep_seeds": 1})
+    ids = [j.run_id for j in runs.jobs(p, "data")]
     assert ids == ["wd0/s0", "wd1/s0", "wd1/s1", "wd1/s2", "removal/s0", "removal/s1", "removal/s2"]
-    assert se.jobs(p, "data")[-1].spec == se.Arm("dyck", 1.0, 6)
-    p = se.RunParams(**{**TINY, "seeds": [0, 1, 2], "scan": TINY_SCAN})
-    scan_jobs = [j for j in se.jobs(p, "data") if j.spec.task == "scan"]
+    assert runs.jobs(p, "data")[-1].spec == runs.Arm("dyck", 1.0, 6)
+    p = runs.RunParams(**{**TINY, "seeds": [0, 1, 2], "scan": TINY_SCAN})
+    scan_jobs = [j for j in runs.jobs(p, "data") if j.spec.task == "scan"]
     assert [j.run_id for j in scan_jobs] == ["scan_wd0/s0", "scan_wd1/s0", "scan_wd1/s1", "scan_wd1/s2"]
 
 
 def test_run_one_tiny_removal():
     torch.set_num_threads(1)
-    p = se.RunParams(**TINY)
-    arm = se.Arm("dyck", 1.0, removal_at=6)
-    out = se.run_one(base.Job(p, "removal", 0, "data", spec=arm))
+    p = runs.RunParams(**TINY)
+    arm = runs.Arm("dyck", 1.0, removal_at=6)
+    out = runs.run_one(Job(p, "removal", 0, "data", spec=arm))
     t = out.tables["telemetry"].pivot_table(index="step", columns="metric", values="value")
     assert list(t.index) == [0, 3, 6, 9, 12]
     wd = t["adamw_weight_decay"]
@@ -59,14 +60,14 @@ def test_run_one_tiny_removal():
     assert four.loc[["attention_kl"], "value"].between(0, 1).all() and len(four.loc[["attention_kl"]]) == 1
     assert four.loc["depth_share", "value"].sum() == pytest.approx(1.0)
     assert out.record["edge_params"] < out.record["n_params"]  # the edge lives on the attention matrices
-    again = se.run_one(base.Job(p, "removal", 0, "data", spec=arm)).tables["telemetry"]
+    again = runs.run_one(Job(p, "removal", 0, "data", spec=arm)).tables["telemetry"]
     pd.testing.assert_frame_equal(out.tables["telemetry"], again)  # same seed → same telemetry
 
 
 def test_run_one_tiny_scan():
     torch.set_num_threads(1)
-    p = se.RunParams(**{**TINY, "scan": TINY_SCAN})
-    out = se.run_one(base.Job(p, "scan_wd1", 0, "data", spec=se.Arm("scan", 1.0)))
+    p = runs.RunParams(**{**TINY, "scan": TINY_SCAN})
+    out = runs.run_one(Job(p, "scan_wd1", 0, "data", spec=runs.Arm("scan", 1.0)))
     t = out.tables["telemetry"].pivot_table(index="step", columns="metric", values="value")
     assert list(t.index) == [0, 3, 6]
     assert {"train_acc", "test_seq_acc", "edge_grad_energy"} <= set(t.columns) and "probe_r2_linear" not in t
@@ -77,19 +78,20 @@ def test_run_one_tiny_scan():
 
 def test_fit_step_and_classes():
     g = pd.DataFrame({"step": [0, 10, 20, 30], "train_acc": [0.1, 0.5, 0.995, 1.0]})
-    assert se.fit_step(g, 0.99) == 20 and np.isnan(se.fit_step(g, 1.5))
-    assert [se.classify(x, (0.3, 0.7)) for x in (0.1, 0.5, 0.9, np.nan)] == ["compression", "mixed", "functional", "none"]
+    assert first_step_reaching(g.step, g.train_acc, 0.99) == 20 and np.isnan(first_step_reaching(g.step, g.train_acc, 1.5))
+    assert [analysis.classify(x, (0.3, 0.7)) for x in (0.1, 0.5, 0.9, np.nan)] == ["compression", "mixed", "functional", "none"]
 
 
 def _synthetic(two_phase: bool, recover: bool, seeds=(0, 1, 2), flat: bool = True, lr: float = 0.05,
-               test_fit: int = 120) -> base.Tables:
-    """Main condition: fit at step 50 of 200; gradient share 0.99 before, 0.1 (or 0.9) after; the edge's |ΔL| 0.001
+               test_fit: int = 120) -> Tables:
+    """Main condition (Dyck-1, λ 1, with the removal arm): fit at step 50 of 200; gradient share 0.99 before, 0.1 (or 0.9) after; the edge's |ΔL| 0.001
     (or 0.1) vs random 0.01, 0.02. At lr 0.05, λ 1 the decay clock is 7.5 after the fit, 2.5 from the fit to the
     removal (step 100)."""
-    rows, abl, pert = [], [], []
+    rows, abl, pert, recs = [], [], [], []
     for cond in ("wd1", "removal"):
         for s in seeds:
             run = f"{cond}/s{s}"
+            recs.append({"run": run, "condition": cond, "seed": s, "task": "dyck", "weight_decay": 1.0})
             for step in range(0, 201, 10):
                 acc = 0.5 if step < 50 else 1.0
                 ge = 0.99 if step < 50 else (0.1 if two_phase else 0.9)
@@ -103,22 +105,22 @@ def _synthetic(two_phase: bool, recover: bool, seeds=(0, 1, 2), flat: bool = Tru
                                                                    for i in range(2)]
             pert += [(run, cond, s, d, e, dl) for e in (-1.0, 1.0)
                      for d, dl in (("edge", 0.001 if flat else 0.1), ("random0", 0.01), ("random1", 0.02))]
-    params = se.RunParams(**{**TINY, "seeds": list(seeds), "steps": 200, "removal_at": 100, "every": 10,
-                             "probe_every": 100, "window": 10, "lr": lr})
+    params = runs.RunParams(**{**TINY, "seeds": list(seeds), "steps": 200, "removal_at": 100, "every": 10,
+                               "probe_every": 100, "window": 10, "lr": lr})
     tel = pd.DataFrame(rows, columns=["run", "condition", "seed", "step", "scope", "metric", "value"])
     ab = pd.DataFrame(abl, columns=["run", "condition", "seed", "direction", "loss", "acc", "base_loss", "base_acc"])
     pe = pd.DataFrame(pert, columns=["run", "condition", "seed", "direction", "eps", "dloss"])
-    return base.Tables(params, pd.DataFrame(), {"telemetry": tel, "ablation": ab, "perturbation": pe})
+    return Tables(params, pd.DataFrame(recs), {"telemetry": tel, "ablation": ab, "perturbation": pe})
 
 
 def _verdicts(tables, **report):
-    a = se.analyse(tables, se.ReportParams(**report))
-    return {r["id"].split(".")[1]: r["verdict"] for r in se.findings(a, se.ReportParams(**report))}, a
+    a = analysis.analyse(tables, analysis.ReportParams(**report))
+    return {r["id"].split(".")[1]: r["verdict"] for r in findings.findings(a, analysis.ReportParams(**report))}, a
 
 
 def test_findings_on_synthetic_tables():
     v, a = _verdicts(_synthetic(two_phase=True, recover=True))
-    assert set(v) == {c.split(".")[1] for c in se.CLAIMS}
+    assert set(v) == {c.__name__ for c in findings.CLAIMS}
     assert v["two_phases"] == "reproduced" and v["edge_dominance"] == "reproduced"
     assert v["perturbation_flat"] == "reproduced"
     assert v["ablation_critical"] == "reproduced"  # ratio (5 − 0.01)/1e-5 ≈ 5e5 > 4000
@@ -138,7 +140,7 @@ def test_no_grokking_delay_or_no_headroom_is_not_comparable():
     assert np.allclose(a.per_run.grok_delay, 1.0)
     for claim in ("two_phases", "perturbation_flat", "wd_removal"):
         assert v[claim] == "not comparable", claim
-    why = {r["id"].split(".")[1]: r["why"] for r in se.findings(a, se.ReportParams())}
+    why = {r["id"].split(".")[1]: r["why"] for r in findings.findings(a, analysis.ReportParams())}
     assert "Dyck-1: grokking delay, test-fit ÷ train-fit step (fewest seeds) 1 (needs ≥ 2)" in why["two_phases"]
     assert v["ablation_critical"] == "reproduced"  # not a claim about the phases
 
@@ -154,11 +156,11 @@ def test_findings_negative_and_short_budget():
 
 def test_decay_clock_on_a_per_run_frame():
     per_run = pd.DataFrame({"weight_decay": [1.0, 0.1, 0.0, 1.0, 1.0], "fit_step": [100, 100, 100, 300, np.nan]})
-    clock = se.decay_clock(per_run, 1e-3, 1100)
+    clock = analysis.post_fit_decay_clock(per_run, 1e-3, 1100)
     assert np.allclose(clock, [1.0, 0.1, 0.0, 0.8, np.nan], equal_nan=True)
-    assert se.decay_clock(per_run, 1e-3, 50).iloc[0] == 0  # until ≤ fit: no decay after the fit
+    assert analysis.post_fit_decay_clock(per_run, 1e-3, 50).iloc[0] == 0  # until ≤ fit: no decay after the fit
     until = pd.Series([200, 200, 200, 400, 400])
-    assert np.allclose(se.decay_clock(per_run, 1e-2, until), [1.0, 0.1, 0.0, 1.0, np.nan], equal_nan=True)
+    assert np.allclose(analysis.post_fit_decay_clock(per_run, 1e-2, until), [1.0, 0.1, 0.0, 1.0, np.nan], equal_nan=True)
 
 
 def test_short_decay_clock_is_not_comparable_not_not_reproduced():
@@ -168,7 +170,7 @@ def test_short_decay_clock_is_not_comparable_not_not_reproduced():
     assert v["perturbation_flat"] == "not comparable"
     assert v["two_phases"] == "not comparable" and v["probes_reencoded"] == "reproduced"
     assert v["wd_removal"] == "not comparable"  # clock 0.05 from the fit to the removal
-    rows = {r["id"].split(".")[1]: r["why"] for r in se.findings(a, se.ReportParams())}
+    rows = {r["id"].split(".")[1]: r["why"] for r in findings.findings(a, analysis.ReportParams())}
     assert "short of budget: Dyck-1: lr·wd·steps after the fit 0.15 (needs ≥ 1)" in rows["perturbation_flat"]
     assert "lr·wd·steps from the fit to the removal 0.05" in rows["wd_removal"]
     v, _ = _verdicts(_synthetic(two_phase=False, recover=False, flat=False, lr=1e-3), min_decay_clock=0.1)
@@ -177,9 +179,9 @@ def test_short_decay_clock_is_not_comparable_not_not_reproduced():
 
 def test_removal_needs_linear_probe_headroom():
     _, a = _verdicts(_synthetic(two_phase=True, recover=False))
-    assert {r["id"]: r["verdict"] for r in se.findings(a, se.ReportParams())}["spectral_edge.wd_removal"] == "not reproduced"
+    assert {r["id"]: r["verdict"] for r in findings.findings(a, analysis.ReportParams())}["spectral_edge.wd_removal"] == "not reproduced"
     a.per_run.loc[a.per_run.condition == "removal", "r2_linear_at_removal"] = 0.99  # nothing left to restore
-    row = {r["id"]: r for r in se.findings(a, se.ReportParams())}["spectral_edge.wd_removal"]
+    row = {r["id"]: r for r in findings.findings(a, analysis.ReportParams())}["spectral_edge.wd_removal"]
     assert row["verdict"] == "not comparable" and "headroom at the removal, 1 − R² (fewest seeds) 0.01" in row["why"]
 
 
@@ -190,43 +192,43 @@ def test_classes_across_tasks_and_their_prediction():
                    grad_energy_post=0.02, edge_class="compression", params_per_target=10.0)
     dy = dy.assign(grad_energy_post=0.87, edge_class="functional")
     a.per_run = pd.concat([dy, sc], ignore_index=True)
-    rows = {r["id"].split(".")[1]: r for r in se.findings(a, se.ReportParams())}
+    rows = {r["id"].split(".")[1]: r for r in findings.findings(a, analysis.ReportParams())}
     assert rows["classes"]["verdict"] == "reproduced"  # SCAN compression, Dyck-1 functional
     assert "scan: late gradient share 0.02 → compression" in rows["classes"]["measured"]
     # the more redundant task (Dyck-1, 50 params per target) has the higher gradient share: prediction fails
     assert rows["classes_predicted"]["verdict"] == "not reproduced"
     a.per_run.loc[a.per_run.task == "scan", "params_per_target"] = 100.0
-    rows = {r["id"].split(".")[1]: r for r in se.findings(a, se.ReportParams())}
+    rows = {r["id"].split(".")[1]: r for r in findings.findings(a, analysis.ReportParams())}
     assert rows["classes_predicted"]["verdict"] == "reproduced"
     a.per_run.loc[a.per_run.task == "scan", "edge_class"] = "mixed"
-    assert {r["id"]: r["verdict"] for r in se.findings(a, se.ReportParams())}["spectral_edge.classes"] == "not reproduced"
+    assert {r["id"]: r["verdict"] for r in findings.findings(a, analysis.ReportParams())}["spectral_edge.classes"] == "not reproduced"
 
 
 def test_run_one_variable_length_words_ignore_the_padding():
     torch.set_num_threads(1)
-    p = se.RunParams(**{**TINY, "variable_length": True, "steps": 6, "removal_at": 0, "probe_every": 3})
-    out = se.run_one(base.Job(p, "wd1", 0, "data", spec=se.Arm("dyck", 1.0)))
+    p = runs.RunParams(**{**TINY, "variable_length": True, "steps": 6, "removal_at": 0, "probe_every": 3})
+    out = runs.run_one(Job(p, "wd1", 0, "data", spec=runs.Arm("dyck", 1.0)))
     t = out.tables["telemetry"].pivot_table(index="step", columns="metric", values="value")
     assert t["probe_r2_linear"].notna().all() and np.isfinite(t["test_loss"]).all()
     four = out.tables["fourier"]
     assert four[four.analysis == "depth_share"].value.sum() == pytest.approx(1.0)
     with pytest.raises(ValidationError, match="exceeds"):
-        se.RunParams(**{**TINY, "variable_length": True, "length": 6, "n_train": 8, "n_test": 8})
+        runs.RunParams(**{**TINY, "variable_length": True, "length": 6, "n_train": 8, "n_test": 8})
 
 
 def test_init_scale_multiplies_weight_matrices_only():
     from gradience.models.gpt import TokenClassifierGPT
 
     a, b = (TokenClassifierGPT(3, 5, 8, 8, 1, 2, seed=0) for _ in range(2))
-    se.scale_init(b, 10.0)
+    runs.scale_init(b, 10.0)
     for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(q, p * 10.0 if p.dim() >= 2 else p, msg=name)
-    p = se.RunParams(**{**TINY, "init_scale": 10.0})
-    s1, s10 = se._setup(se.RunParams(**TINY), se.Arm("dyck", 0.0), 0), se._setup(p, se.Arm("dyck", 0.0), 0)
+    p = runs.RunParams(**{**TINY, "init_scale": 10.0})
+    s1, s10 = runs._setup(runs.RunParams(**TINY), runs.Arm("dyck", 0.0), 0), runs._setup(p, runs.Arm("dyck", 0.0), 0)
     w1, w10 = s1.model.lm.wte.weight, s10.model.lm.wte.weight
     torch.testing.assert_close(w10, 10 * w1)
     with pytest.raises(ValidationError):
-        se.RunParams(**{**TINY, "init_scale": 0.0})
+        runs.RunParams(**{**TINY, "init_scale": 0.0})
 
 
 def test_a_claim_for_every_task_is_judged_per_task():
@@ -236,7 +238,7 @@ def test_a_claim_for_every_task_is_judged_per_task():
                    grad_energy_post=0.9, test_fit_step=dy.fit_step, grok_delay=1.0)  # no delay, no switch
     a.per_run = pd.concat([dy, sc], ignore_index=True)
     a.perturbation = pd.concat([a.perturbation, a.perturbation.assign(run=a.perturbation.run.str.replace("wd1", "scan_wd1"))])
-    rows = {r["id"].split(".")[1]: r for r in se.findings(a, se.ReportParams())}
+    rows = {r["id"].split(".")[1]: r for r in findings.findings(a, analysis.ReportParams())}
     two = rows["two_phases"]
     assert two["verdict"] == "not comparable"  # Dyck-1 reproduced, SCAN short of its grokking delay
     assert "Dyck-1: gradient share" in two["measured"] and "(reproduced); SCAN:" in two["measured"]
@@ -244,4 +246,4 @@ def test_a_claim_for_every_task_is_judged_per_task():
     assert "; short of budget: SCAN: grokking delay" in two["why"] and "Dyck-1: Dyck-1" not in two["why"]
     assert rows["edge_dominance"]["verdict"] == "reproduced"  # σ1/σ2 = 3 in both tasks
     a.per_run.loc[a.per_run.task == "scan", "grok_delay"] = 2.4  # SCAN's budget met: its failure counts
-    assert {r["id"]: r["verdict"] for r in se.findings(a, se.ReportParams())}["spectral_edge.two_phases"] == "not reproduced"
+    assert {r["id"]: r["verdict"] for r in findings.findings(a, analysis.ReportParams())}["spectral_edge.two_phases"] == "not reproduced"

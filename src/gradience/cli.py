@@ -1,36 +1,43 @@
 """gradience: the pipeline's stages, profiles, data and checks.
 
-Each study is two DVC stages: `gradience train STUDY` (the grid of runs -> tables) and
-`gradience report STUDY` (the notebook -> reports/STUDY/). `dvc repro` runs both, when stale.
+Each study is two DVC stages: STUDY_runs (the grid of runs -> reports/STUDY/tables/) and STUDY
+(the notebook -> reports/STUDY/). `dvc repro` runs both when stale; `gradience train|report|run
+STUDY` runs them by hand. DVC calls the stages' own modules, not this CLI, so editing it makes
+nothing stale.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
+from gradience import __version__
 from gradience.config import PARAMS_FILE, ParamsError
+from gradience.studies.registry import QUESTIONS, STAGES
 
 COMMANDS = {
     "train": "run a study's grid of runs and write reports/STUDY/tables/ (stage STUDY_runs)",
     "report": "execute a study's notebook on its tables into reports/STUDY/ (stage STUDY)",
-    "run": "train then report; without STUDY, list the studies",
+    "run": "train then report",
     "check": "validate params.yaml (every section) without running anything",
     "profile": "rewrite params.yaml from a profile: default, smoke or paper",
     "data": "rebuild data/ deterministically (--verify: check it against data.dvc)",
     "verify": "compare reruns' metrics.json with the committed ones (exit 1 if a verdict flips)",
     "pipeline": "regenerate dvc.yaml from the studies and their import closures",
-    "stages": "list the studies",
+    "stages": "list the studies: question and the committed report's verdict counts",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gradience", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"gradience {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in ("train", "report", "run"):
         cmd = sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name])
-        cmd.add_argument("study", nargs="?" if name == "run" else None)
+        cmd.add_argument("study", choices=STAGES, metavar="STUDY", help=f"one of: {', '.join(STAGES)}")
         cmd.add_argument("--params", default=PARAMS_FILE)
         cmd.add_argument("--quiet", action="store_true", help="no progress output")
     check = sub.add_parser("check", help=COMMANDS["check"], description=COMMANDS["check"])
@@ -44,10 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     pipe = sub.add_parser("pipeline", help=COMMANDS["pipeline"], description=COMMANDS["pipeline"])
     pipe.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml differs, write nothing")
     ver = sub.add_parser("verify", help=COMMANDS["verify"], description=COMMANDS["verify"])
-    ver.add_argument("stages", nargs="*", help="studies to check (default: every report present)")
+    ver.add_argument("stages", nargs="*", metavar="STUDY", help="studies to check (default: every report present)")
     ver.add_argument("--ref", default="HEAD", help="git revision holding the committed metrics")
     sub.add_parser("stages", help=COMMANDS["stages"], description=COMMANDS["stages"])
     args = parser.parse_args(argv)
+    unknown = [s for s in getattr(args, "stages", []) if s not in STAGES]
+    if unknown:
+        parser.error(f"unknown studies {unknown}; studies: {', '.join(STAGES)}")
     try:
         return _dispatch(args)
     except (ParamsError, KeyError, ValueError, FileNotFoundError) as exc:
@@ -55,42 +65,63 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _train(study: str, params: str) -> None:
-    from gradience.studies.base import load_params, train
+def check_sections(path: str) -> None:
+    """Every section of ``path`` valid (runs and report keys), and no section that is not a study."""
+    from gradience.config import read_params_file
+    from gradience.studies.notebook import load_params
 
-    print(train(study, load_params(study, path=params), f"reports/{study}"))
+    unknown = sorted(set(read_params_file(path)) - set(STAGES))
+    if unknown:
+        raise ParamsError(f"{path}: unknown sections {unknown}; stages: {', '.join(STAGES)}")
+    for stage in STAGES:
+        load_params(stage, path=path)
 
 
-def _report(study: str, params: str, quiet: bool) -> int:
-    from gradience.runner import StageFailed, configure_logging, run_report
+def _stage_argv(args: argparse.Namespace) -> list[str]:
+    return [args.study, "--params", args.params] + (["--quiet"] if args.quiet else [])
 
-    if not quiet:
-        configure_logging()
-    try:
-        print(run_report(study, params_path=params, progress=not quiet))
-    except StageFailed as exc:
-        print(f"gradience: {exc}", file=sys.stderr)
-        return 1
-    return 0
+
+def _train(args: argparse.Namespace) -> int:
+    """The training stage's own command, after every section of the file is checked."""
+    from gradience.studies import grid
+
+    check_sections(args.params)
+    return grid.main(_stage_argv(args))
+
+
+def _report(args: argparse.Namespace) -> int:
+    """The report stage's own command, after every section of the file is checked."""
+    from gradience import runner
+
+    check_sections(args.params)
+    return runner.main(_stage_argv(args))
+
+
+def stage_lines(reports: str | Path = "reports") -> list[str]:
+    """One line per study: its name, its question and its report's verdict counts (if it has one)."""
+    from gradience.reporting import VERDICTS
+
+    lines = []
+    for stage in STAGES:
+        path = Path(reports) / stage / "metrics.json"
+        counts = json.loads(path.read_text()).get("findings", {}) if path.exists() else None
+        said = ("no report yet" if counts is None
+                else ", ".join(f"{int(counts.get(v, 0))} {v}" for v in VERDICTS))
+        lines.append(f"{stage:<20} {QUESTIONS[stage]}\n{'':<20} [{said}]")
+    return lines
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from gradience.studies import STAGES
-
-    if args.command in ("stages",) or (args.command == "run" and args.study is None):
-        print("\n".join(STAGES))
+    if args.command == "stages":
+        print("\n".join(stage_lines()))
     elif args.command == "train":
-        _train(args.study, args.params)
+        return _train(args)
     elif args.command == "report":
-        return _report(args.study, args.params, args.quiet)
+        return _report(args)
     elif args.command == "run":
-        _train(args.study, args.params)
-        return _report(args.study, args.params, args.quiet)
+        return _train(args) or _report(args)
     elif args.command == "check":
-        from gradience.studies.base import load_params
-
-        for stage in STAGES:
-            load_params(stage, path=args.params)
+        check_sections(args.params)
         print(f"{args.params}: all {len(STAGES)} sections are valid")
     elif args.command == "profile":
         from gradience.profiles import write_profile

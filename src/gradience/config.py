@@ -1,12 +1,13 @@
 """Reading and validating ``params.yaml`` before any work starts.
 
-Each study declares its keys as pydantic models (see :mod:`gradience.studies.base`);
+Each study declares its keys as pydantic models (see :mod:`gradience.studies.protocol`);
 :func:`validate_section` turns every problem (unknown key, wrong type, impossible value) into one
 :class:`ParamsError` that names the key, the value given and what is allowed.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
@@ -76,3 +77,12 @@ def validate_section(stage: str, schema: type[M], section: Any) -> M:
     except ValidationError as exc:
         lines = [_describe(e, schema, stage) for e in exc.errors()]
         raise ParamsError(f"invalid params for stage {stage!r}:\n" + "\n".join(lines)) from None
+
+
+def stage_arguments(prog: str, description: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """The arguments of a stage's own command (``python -m … STUDY [--params P] [--quiet]``)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("study")
+    parser.add_argument("--params", default=PARAMS_FILE)
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    return parser.parse_args(argv)

@@ -17,7 +17,8 @@ from multiprocessing import get_context
 from typing import Any, TypeVar
 
 import torch
-from tqdm import tqdm  # text bars: readable in executed notebooks, no ipywidgets needed
+
+from gradience.progress import bar as progress_bar
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -44,7 +45,8 @@ def single_threaded(fn: Callable[[J], R], job: J) -> R:
 
 
 def map_runs(fn: Callable[[J], R], jobs: Sequence[J], workers: int = 1, desc: str = "runs",
-             executor: str = "local", cpus_per_run: float = 1, gpus_per_run: float = 0) -> list[R]:
+             executor: str = "local", cpus_per_run: float = 1, gpus_per_run: float = 0,
+             progress: bool = True) -> list[R]:
     """``[fn(job) for job in jobs]``, in order, with a progress bar.
 
     ``executor="local"``: over ``workers`` local processes (in this process when ``workers <= 1``).
@@ -56,7 +58,7 @@ def map_runs(fn: Callable[[J], R], jobs: Sequence[J], workers: int = 1, desc: st
     the Ray workers (``gradience`` installed on every node).
     """
     check_executor(executor)
-    bar = tqdm(total=len(jobs), desc=desc, mininterval=5.0)
+    bar = progress_bar(total=len(jobs), desc=desc, enabled=progress)
     try:
         if executor != "local":
             return _map_ray(fn, jobs, executor, cpus_per_run, gpus_per_run, bar)
@@ -78,7 +80,7 @@ def map_runs(fn: Callable[[J], R], jobs: Sequence[J], workers: int = 1, desc: st
 
 
 def _map_ray(fn: Callable[[J], R], jobs: Sequence[J], executor: str, cpus: float, gpus: float,
-             bar: tqdm) -> list[R]:
+             bar: Any) -> list[R]:
     try:
         import ray
     except ImportError:

@@ -6,14 +6,20 @@ import platform
 import subprocess
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 
 @cache
 def git_revision() -> str:
-    """``HEAD`` (with ``-dirty`` if the tree has changes), or ``unknown`` outside a git checkout."""
+    """``HEAD`` of the checkout holding this code (with ``-dirty`` if its tree has changes), or
+    ``unknown`` when the code is not in a git checkout. Read where the code is, not in the working
+    directory, so that it names the code that trained a run wherever it was started from."""
+    here = Path(__file__).resolve().parent
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=here).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=here).stdout
         return rev + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

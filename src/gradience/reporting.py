@@ -143,3 +143,9 @@ def judged(claim_id: str, measured: str, holds: bool | None, why: str, budgets: 
 def findings_table(rows: Iterable[dict[str, str]]) -> pd.DataFrame:
     """The notebook's closing *Findings vs the seed* table."""
     return pd.DataFrame(list(rows), columns=COLUMNS)
+
+
+def verdict_counts(table: pd.DataFrame) -> dict[str, int]:
+    """How many rows of a Findings table got each verdict, all four named (zeros included)."""
+    counts = table["verdict"].value_counts()
+    return {v: int(counts.get(v, 0)) for v in VERDICTS}

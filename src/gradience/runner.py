@@ -6,12 +6,16 @@ parameters: ``stage``, ``report`` (its section, defaults filled in) and ``out_di
 own outputs (:data:`REPORT_OUTPUTS`) are cleared first; if execution fails they are removed again
 and the partly executed notebook is kept in ``.gradience/failed/<stage>.ipynb``, so nothing
 half-written stays in ``reports/``. The training tables are never touched here.
+
+``python -m gradience.runner <study>`` is the report stage's DVC command. Progress bars inside
+the executed notebook are off (``GRADIENCE_PROGRESS=0``): the notebook is read, not watched.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,8 +23,10 @@ import jupytext
 import nbformat
 import papermill
 
-from gradience.config import PARAMS_FILE
-from gradience.studies.base import TABLES_DIR, load_params
+from gradience.config import PARAMS_FILE, ParamsError, stage_arguments
+from gradience.progress import quiet
+from gradience.studies.notebook import load_params
+from gradience.studies.protocol import TABLES_DIR
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 FAILED_DIR = Path(".gradience/failed")
@@ -74,11 +80,12 @@ def run_report(
         source = Path(tmp) / f"{stage}.ipynb"
         nbformat.write(notebook_from_script(script), source)
         try:
-            papermill.execute_notebook(
-                str(source), str(executed), kernel_name=KERNELSPEC["name"], progress_bar=progress,
-                log_output=progress, cwd=str(Path.cwd()),
-                parameters={"stage": stage, "report": params.report.model_dump(mode="json"), "out_dir": str(out)},
-            )
+            with quiet():  # the kernel inherits it: no bars in the executed notebook
+                papermill.execute_notebook(
+                    str(source), str(executed), kernel_name=KERNELSPEC["name"], progress_bar=progress,
+                    log_output=progress, cwd=str(Path.cwd()),
+                    parameters={"stage": stage, "report": params.report.model_dump(mode="json"), "out_dir": str(out)},
+                )
             _name_the_source(executed, script)
             missing = [name for name in REQUIRED_OUTPUTS if not (out / name).exists()]
             if missing:
@@ -111,3 +118,22 @@ def configure_logging() -> None:
     """Show papermill's streamed cell output (progress bars included) on the terminal."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("papermill").setLevel(logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = stage_arguments("python -m gradience.runner", __doc__.split("\n")[0], argv)
+    if not args.quiet:
+        configure_logging()
+    try:
+        print(run_report(args.study, params_path=args.params, progress=not args.quiet))
+    except StageFailed as exc:
+        print(f"gradience: {exc}", file=sys.stderr)
+        return 1
+    except (ParamsError, KeyError, FileNotFoundError) as exc:
+        print(f"gradience: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
+from gradience.progress import bar as progress_bar
 from gradience.tasks import Split
 from gradience.telemetry.recorder import MODEL_SCOPE, Cadence, Recorder
 from gradience.telemetry.spectral import (
@@ -181,7 +181,7 @@ def train(
     cadence = cadence or Cadence(every=max(1, cfg.steps // 100), total_steps=cfg.steps)
     cadence_index = 0
     result = TrainResult(outcome="completed", steps_run=cfg.steps)
-    bar = tqdm(total=cfg.steps, disable=not progress, mininterval=10.0, leave=False, desc="train")
+    bar = progress_bar(total=cfg.steps, enabled=progress, mininterval=10.0, leave=False, desc="train")
     for step in range(cfg.steps + 1):
         measuring = recorder is not None and step in cadence
         if measuring:

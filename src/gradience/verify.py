@@ -151,7 +151,7 @@ def main(stages: Sequence[str] = (), ref: str = "HEAD", repo: str | Path = ".") 
 
     ``stages``: default every stage with a ``metrics.json`` in the working tree.
     """
-    from gradience.studies import STAGES
+    from gradience.studies.registry import STAGES
 
     stages = list(stages) or [s for s in STAGES if (Path(repo) / metrics_path(s)).exists()]
     if not stages:

@@ -72,7 +72,7 @@ GLOSSARY: dict[str, str] = {
     "{emp,true}_grad_span_fraction": "‖P_F ∇L‖² / ‖∇L‖²: the part of the gradient inside span(F) (rank ≤ n)",
     "{emp,true}_ng_span@δ": "cos(∇L_F, (F + λI)⁺∇L_F) inside span(F), ∇L_F = P_F ∇L, λ = δ·λ₁(F); @pinv: λ = 0 (F⁺)",
     "blew_up": "1 where the training loss exceeded blowup_factor × its step-0 value (the run stops there; "
-               "studies/lm_regimes.py)",
+               "studies/lm_regimes/runs.py)",
     # spectral edge: the update window (telemetry/edge.py)
     "edge_sigma{i}_sq": "i-th largest eigenvalue σ_i² of the update Gram matrix G = X Xᵀ, X the last W "
                         "parameter updates (rows, flattened trainable parameters; telemetry/edge.py)",

@@ -1,7 +1,7 @@
 """Shared pieces of the curvature and Fisher probes of the LM-regime studies.
 
-The probes themselves are built by the studies (``studies/hessian_coevolution.py``,
-``studies/fisher_geometry.py``) around a fixed, stated *measurement batch*; the estimators live in
+The probes themselves are built by the studies (``studies/hessian_coevolution/runs.py``,
+``studies/fisher_geometry/runs.py``) around a fixed, stated *measurement batch*; the estimators live in
 :mod:`gradience.telemetry.curvature` and :mod:`gradience.telemetry.fisher`. Here:
 
 * :func:`measurement_batch`: the fixed batch every measurement of a run uses.

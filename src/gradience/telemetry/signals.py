@@ -21,10 +21,11 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -210,6 +211,34 @@ def detect_transition(series: ArrayLike, threshold: float, above: bool = True) -
         return None
     misses = np.flatnonzero(~crossed)
     return int(misses[-1] + 1) if misses.size else 0
+
+
+def first_step_staying(steps: ArrayLike, values: ArrayLike, threshold: float) -> float:
+    """The step from which ``values`` stay ≥ ``threshold`` to the end (a grok step); NaN if the last has not."""
+    i = detect_transition(values, threshold)
+    return math.nan if i is None else float(np.asarray(steps)[i])
+
+
+def first_step_reaching(steps: ArrayLike, values: ArrayLike, threshold: float) -> float:
+    """The first step with ``values ≥ threshold`` (a fit step, however brief); NaN if none."""
+    hit = np.flatnonzero(np.asarray(values) >= threshold)
+    return float(np.asarray(steps)[hit[0]]) if hit.size else math.nan
+
+
+def decay_clock(lr: Any, weight_decay: Any, steps: Any) -> Any:
+    """lr·wd·steps, the clock weight-decay claims are read on: decoupled decay alone shrinks the
+    weights by (1 − lr·wd) per step, ≈ exp(−clock) over ``steps``. Numbers, arrays or Series."""
+    return lr * weight_decay * steps
+
+
+def safe_ratio(a: float, b: float) -> float:
+    """a / b for b > 0; inf when only b is 0 (or negative) and a > 0; NaN otherwise."""
+    return a / b if b > 0 else math.inf if a > 0 else math.nan
+
+
+def relative_change(a: float, b: float) -> float:
+    """a / b − 1 (how much larger ``a`` is than ``b``); NaN when either is not finite or b is 0."""
+    return a / b - 1 if np.isfinite(a) and np.isfinite(b) and b != 0 else math.nan
 
 
 def _surrogate(x: np.ndarray, kind: SurrogateKind, rng: np.random.Generator) -> np.ndarray:

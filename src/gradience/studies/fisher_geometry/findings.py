@@ -1,0 +1,204 @@
+"""Protocol C of seed 001: one function per claim, its docstring the claim.
+
+Each verdict is a rule applied to the measured runs, judged against the budgets it needs (runs at
+L*, held-out seeds, diverged unstable runs, runs per regime for the test) by
+:func:`gradience.reporting.judged`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from scipy.stats import mannwhitneyu
+
+from gradience.reporting import Budget, judged, mean_spread
+from gradience.studies.fisher_geometry.analysis import (
+    Analysis,
+    AnalysisParams,
+    ReportParams,
+    full_damping,
+)
+from gradience.studies.lm_regimes.runs import DIVERGED_OUTCOMES
+
+Row = dict[str, str]
+THRESHOLD_CLAIMS = {"share": "fisher_geometry.alignment_threshold_share",
+                    "overlap": "fisher_geometry.alignment_threshold_overlap"}
+MIN_MW_RUNS = 4  # runs per regime a one-sided Mann–Whitney test needs to reach p < 0.05 (1/70)
+
+
+def _one_sided_mw(high: pd.Series, low: pd.Series) -> float:
+    """p of the one-sided Mann–Whitney test that ``high`` is stochastically larger than ``low``."""
+    high, low = high.dropna(), low.dropna()
+    if not (len(high) and len(low)):
+        return math.nan
+    return float(mannwhitneyu(high, low, alternative="greater").pvalue)
+
+
+def _regimes(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return summary[summary.kind == "stable"], summary[summary.kind == "unstable"]
+
+
+def _budgets(summary: pd.DataFrame, a: AnalysisParams, per_regime: tuple[str, int] | None = None) -> list[Budget]:
+    """What every regime comparison needs: every run at L* before divergence, the unstable runs
+    diverged (the instability the claim is about happened), and optionally runs per regime at L*."""
+    unstable = summary[summary.kind == "unstable"]
+    out = [Budget(f"runs reaching L* = {a.matched_loss:g} nats before divergence",
+                  float(summary.matched_step.notna().sum()), float(len(summary))),
+           Budget("unstable runs that diverged", float(unstable.outcome.isin(DIVERGED_OUTCOMES).sum()),
+                  float(max(1, len(unstable))))]
+    if per_regime:
+        name, need = per_regime
+        reached = summary[summary.matched_step.notna()].groupby("kind").size()
+        out.append(Budget(name, float(min(reached.get("stable", 0), reached.get("unstable", 0))), float(need)))
+    return out
+
+
+def _unmeasured(budgets: list[Budget]) -> bool | None:
+    """``holds`` for a claim nothing could be measured on: "inconclusive" (None) when every budget
+    was met, else False, which :func:`judged` turns into "not comparable" naming the short budget."""
+    return None if all(b.met for b in budgets) else False
+
+
+def regimes_differ(a: Analysis, p: ReportParams) -> list[Row]:
+    """The unstable regime is unstable (diverges), the stable one is not."""
+    stable, unstable = _regimes(a.summary)
+    div = unstable.outcome.isin(DIVERGED_OUTCOMES)
+    steps = float(a.runs.steps) if a.runs is not None else math.nan
+    return [judged("fisher_geometry.regimes_differ",
+                   f"unstable: {int(div.sum())}/{len(unstable)} diverged (step {mean_spread(unstable.diverged_at)}); "
+                   f"stable: {int(stable.outcome.isin(DIVERGED_OUTCOMES).sum())}/{len(stable)}",
+                   bool(len(unstable) and div.all() and not stable.outcome.isin(DIVERGED_OUTCOMES).any()),
+                   "the regimes must differ for the comparisons below to mean anything",
+                   [Budget("steps of the stable runs vs the last unstable divergence step", steps,
+                           float(unstable.diverged_at.max()) if div.any() else 0.0)])]
+
+
+def _h3_row(a: Analysis, ap: AnalysisParams, measure: str) -> Row:
+    """H3 with one alignment measure: T from the calibration seeds, scored on the held-out seeds."""
+    h, summary = a.h3[measure], a.summary
+    stable, unstable = _regimes(summary)
+    cal = sorted(set(ap.calibration_seeds))
+    held = sorted(set(summary.seed) - set(cal))
+    sens = a.sensitivity[a.sensitivity.measure == measure] if len(a.sensitivity) else a.sensitivity
+    measured = (f"{ap.kind} Fisher, A = alignment over W₀'s, min over the loss range {ap.start_loss:g}→L* nats: stable "
+                f"{mean_spread(stable[f'{measure}_min'])}, unstable {mean_spread(unstable[f'{measure}_min'])}; "
+                f"T = {h['threshold']:.3g} from seeds {cal} (calibration balanced accuracy {h['calibration_accuracy']:.2f}); "
+                f"held-out seeds {held}: {h['heldout_stable_above']:.0f}/{h['heldout_stable']:.0f} stable above T, "
+                f"{h['heldout_unstable_below']:.0f}/{h['heldout_unstable']:.0f} unstable at or below T")
+    measured += (f"; points per window: stable {mean_spread(stable.n_points, '{:.3g}')}, unstable "
+                 f"{mean_spread(unstable.n_points, '{:.3g}')}; min over every step > 0 before divergence (unmatched): "
+                 f"stable {mean_spread(stable[f'{measure}_min_all'])}, unstable {mean_spread(unstable[f'{measure}_min_all'])}")
+    if len(sens):
+        measured += "; held-out accuracy at L* = " + ", ".join(
+            f"{r.matched_loss:g}: {r.heldout_accuracy:.2f}" for r in sens.itertuples())
+    windows = summary.n_points[summary.matched_step.notna()]
+    budgets = [Budget("held-out seeds per regime at L*", min(h["heldout_stable"], h["heldout_unstable"]), 2.0),
+               Budget("cadence points in the shortest H3 window", float(windows.min()) if len(windows) else 0.0, 2.0),
+               *_budgets(summary, ap)]
+    holds = _unmeasured(budgets) if math.isnan(h["threshold"]) else bool(
+        h["heldout_stable_above"] == h["heldout_stable"] and h["heldout_unstable_below"] == h["heldout_unstable"])
+    return judged(THRESHOLD_CLAIMS[measure], measured, holds,
+                  "holds if T chosen on the calibration seeds puts every held-out stable run above and every "
+                  "held-out unstable run at or below it; matched loss range, A relative to W₀", budgets)
+
+
+def alignment_threshold_share(a: Analysis, p: ReportParams) -> list[Row]:
+    """H3: stable training maintains Fisher–weight spectral alignment above a threshold T (A = share of tr F in the weights' top singular subspace, relative to the initial weights' W₀)."""
+    return [_h3_row(a, p.analysis, "share")]
+
+
+def alignment_threshold_overlap(a: Analysis, p: ReportParams) -> list[Row]:
+    """H3: stable training maintains Fisher–weight spectral alignment above a threshold T (A = overlap of F's top eigenvector with the weights' top singular directions, relative to W₀'s)."""
+    return [_h3_row(a, p.analysis, "overlap")]
+
+
+def spectra_related(a: Analysis, p: ReportParams) -> list[Row]:
+    """Falsifier 3 is not met: Fisher and weight spectra are related in practice."""
+    ap, summary, coupling = p.analysis, a.summary, a.coupling
+    allc = coupling[coupling.p_value.notna()]
+    bonf = allc[allc.significant_bonferroni]
+    enrich = summary.share_median
+    related = len(bonf) > len(allc) / 2 or bool(len(enrich) and (enrich > 1).all())
+    unrelated = len(bonf) == 0 and bool(len(enrich) and (enrich <= 1).all())
+    return [judged(
+        "fisher_geometry.spectra_related",
+        f"{len(bonf)}/{len(allc)} run×pair co-variation tests significant after Bonferroni over {len(ap.pairs)} pairs; "
+        f"median A (share of tr F in the weights' top singular subspace over W₀'s) up to L*, per run: "
+        f"{mean_spread(enrich)} (over a random direction: {mean_spread(summary.share_chance_median)})",
+        True if related else (False if unrelated else None),
+        "related = most co-variation tests significant, or the Fisher concentrates in the learned top directions "
+        "beyond W₀ (A > 1) in every run", [Budget(f"run×pair series with ≥ {ap.min_points} points", len(allc),
+                                                   len(coupling))])]
+
+
+def kappa_correlation(a: Analysis, p: ReportParams) -> list[Row]:
+    """κ of the weights correlates with κ of the Fisher (λ₁/λ_k) over training."""
+    ap, coupling = p.analysis, a.coupling
+    kap = coupling[(coupling.weight_metric == "kappa") & (coupling.fisher_metric == "fisher_kappa_k")]
+    if not len(kap):
+        return []
+    tested = kap[kap.p_value.notna()]
+    n_sig = int(tested.significant.sum())
+    return [judged(
+        "fisher_geometry.kappa_correlation",
+        f"{n_sig}/{len(tested)} runs significant (p < {ap.alpha}); r at best lag {mean_spread(tested.best_r)}",
+        True if n_sig > len(tested) / 2 else (False if n_sig == 0 else None),
+        "detrended log series, phase-surrogate test", [Budget(f"runs with ≥ {ap.min_points} points", len(tested), len(kap))])]
+
+
+def _at_matched_loss(summary: pd.DataFrame, ap: AnalysisParams) -> str:
+    stable, unstable = _regimes(summary)
+    return f"at L* = {ap.matched_loss:g} nats (steps: stable {mean_spread(stable.matched_step)}, unstable " \
+           f"{mean_spread(unstable.matched_step)})"
+
+
+def _matched_budgets(summary: pd.DataFrame, ap: AnalysisParams) -> list[Budget]:
+    """The regime comparisons' budgets, with enough runs per regime at L* for the Mann–Whitney test."""
+    return _budgets(summary, ap, ("runs per regime at L*", MIN_MW_RUNS))
+
+
+def ng_alignment_stability(a: Analysis, p: ReportParams) -> list[Row]:
+    """Stable training ≈ high natural-gradient alignment cos(∇L, F⁻¹∇L), instability ≈ low (here inside F's span, at matched loss)."""
+    ap, summary = p.analysis, a.summary
+    stable, unstable = _regimes(summary)
+    at = _at_matched_loss(summary, ap)
+    p_ng = _one_sided_mw(stable.ng_alignment_at_match, unstable.ng_alignment_at_match)
+    budgets = _matched_budgets(summary, ap)
+    damp = "F⁺" if not ap.damping else f"(F + {ap.damping:g}λ₁I)⁻¹"
+    delta = full_damping(ap, a.runs) if a.runs is not None else ap.damping
+    full = (f"; for contrast, full-space cos(∇L, (F+{delta:g}λ₁I)⁻¹∇L), dominated by ∇L outside the span: stable "
+            f"{mean_spread(stable.ng_alignment_full_at_match)}, unstable {mean_spread(unstable.ng_alignment_full_at_match)}")
+    return [judged(
+        "fisher_geometry.ng_alignment_stability",
+        f"cos(∇L_F, {damp}∇L_F) inside span(F) {at}: stable {mean_spread(stable.ng_alignment_at_match)}, unstable "
+        f"{mean_spread(unstable.ng_alignment_at_match)} (one-sided Mann–Whitney p = {p_ng:.3g}); share of ‖∇L‖² in the "
+        f"span: stable {mean_spread(stable.span_fraction_at_match)}, unstable {mean_spread(unstable.span_fraction_at_match)}"
+        + full,
+        _unmeasured(budgets) if math.isnan(p_ng) else bool(p_ng < ap.alpha),
+        f"{ap.kind} Fisher; holds if stable > unstable at p < {ap.alpha}", budgets)]
+
+
+def anisotropy_instability(a: Analysis, p: ReportParams) -> list[Row]:
+    """Instability corresponds to extreme anisotropy of the Fisher."""
+    ap, summary = p.analysis, a.summary
+    stable, unstable = _regimes(summary)
+    at = _at_matched_loss(summary, ap)
+    budgets = _matched_budgets(summary, ap)
+    p_an = _one_sided_mw(stable.fisher_eff_dim_at_match, unstable.fisher_eff_dim_at_match)
+    return [judged(
+        "fisher_geometry.anisotropy_instability",
+        f"participation ratio (tr F)²/tr F² {at}: stable {mean_spread(stable.fisher_eff_dim_at_match)}, unstable "
+        f"{mean_spread(unstable.fisher_eff_dim_at_match)} (one-sided Mann–Whitney p = {p_an:.3g}); smallest before "
+        f"divergence: stable {mean_spread(stable.eff_dim_min)}, unstable {mean_spread(unstable.eff_dim_min)}",
+        _unmeasured(budgets) if math.isnan(p_an) else bool(p_an < ap.alpha),
+        f"lower = more anisotropic; holds if unstable < stable at p < {ap.alpha}", budgets)]
+
+
+CLAIMS = (regimes_differ, alignment_threshold_share, alignment_threshold_overlap, spectra_related,
+          kappa_correlation, ng_alignment_stability, anisotropy_instability)
+
+
+def findings(a: Analysis, p: ReportParams) -> list[Row]:
+    """The *Findings vs the seed* rows, one claim function after another."""
+    return [row for claim in CLAIMS for row in claim(a, p)]

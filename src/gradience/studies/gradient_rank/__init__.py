@@ -1,0 +1,1 @@
+"""True-gradient effective rank over training and K-basis adaptation (paper 86): see ``runs``, ``analysis`` and ``findings``."""

@@ -1,0 +1,1 @@
+"""Grokking on modular arithmetic (Parts I and V of the synthesis): see ``runs``, ``analysis`` and ``findings``."""

@@ -1,0 +1,1 @@
+"""The character-LM regimes (stable / marginal / unstable) shared by Protocols A and C."""

@@ -1,0 +1,1 @@
+"""Synthesis Part II on SST-2 (LoRA on a sequence classifier): see ``runs``, ``analysis`` and ``findings``."""

@@ -1,0 +1,1 @@
+"""Protocol D of seed 001, rank evolution of every layer: see ``runs``, ``trajectories``, ``analysis`` and ``findings``."""
