@@ -197,6 +197,11 @@ coupling[["regime", "seed", "weight_metric", "fisher_metric", "n", "best_lag", "
 # judged against the budgets each needs (runs at L*, held-out seeds, diverged unstable runs, runs per
 # regime for the test); the seed column comes from the repository's claim registry. `write_report`
 # also writes `metrics.json` and the curves for `dvc plots`.
+#
+# Each claim's kind (event, comparison or absence, in the registry) sets what the verdict needs: an
+# event the runs show is reproduced whatever the budget; a comparison or an absence needs every budget
+# for either answer; and a comparison's negative also needs the power to have seen the claimed effect
+# (the smallest detectable effect, stated), otherwise it is "inconclusive".
 
 # %%
 table = notebook.write_report(stage, results, P, out_dir)

@@ -193,6 +193,11 @@ plots.save(fig, out_dir, "loss_by_k")
 # reproduced" only where every budget the claim needs (seeds, the paper's steps measured, the
 # trajectory reaching step 40, the K grid, adaptation steps) was met, otherwise "not comparable"
 # naming the short budget. The seed column comes from the repository's claim registry.
+#
+# Each claim's kind (event, comparison or absence, in the registry) sets what the verdict needs: an
+# event the runs show is reproduced whatever the budget; a comparison or an absence needs every budget
+# for either answer; and a comparison's negative also needs the power to have seen the claimed effect
+# (the smallest detectable effect, stated), otherwise it is "inconclusive".
 
 # %%
 table = notebook.write_report(stage, results, P, out_dir)

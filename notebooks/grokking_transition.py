@@ -237,8 +237,9 @@ results.signals.round(3)
 #   grokking network is at best loosely. The spectral series are smooth functions of weights that
 #   move little per step, so their residuals stay strongly autocorrelated at this cadence (see the
 #   `resid_lag1` column): the power analysis takes that into account.
-# - **Power.** A negative verdict ("not reproduced") is given only where the test had power ≥
-#   `power.target` at the claimed effect; otherwise "not comparable", with the power in the reason.
+# - **Power.** A negative verdict ("not reproduced") is given only where the smallest effect the test
+#   detects with power ≥ `power.target` is no larger than the claimed effect; otherwise "inconclusive",
+#   with both in the reason. Low power does not block a precursor the runs show.
 # - **Runs as units.** Series within one run are correlated, so the comparison with the controls
 #   is made per run (Mann–Whitney U over runs); with 3 grokking runs it needs ≥ 4 controls to be
 #   able to reach p < 0.05 at all, hence the two reference conditions.
@@ -249,7 +250,7 @@ results.signals.round(3)
 # ## Findings vs the seed
 # Verdicts are computed by `gradience.studies.grokking_transition.findings` from the runs above
 # (`gradience.reporting.judged`: every verdict names the budgets it needed — grokking runs, control
-# runs, points before t*, power at the claimed effect); the seed column comes from the repository's
+# runs, points before t* — and the power against the claimed effect); the seed column comes from the repository's
 # claim registry. `write_report` also writes `metrics.json` and the curves for `dvc plots`.
 
 # %%

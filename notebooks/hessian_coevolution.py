@@ -233,6 +233,11 @@ plots.save(fig, out_dir, "lead_lag_pairs")
 # range vs the predicted lead, cadence, points per run, runs that reached the edge, surrogates),
 # otherwise "not comparable" naming the budget. The seed column comes from the repository's claim
 # registry. `write_report` also writes `metrics.json` and the curves for `dvc plots`.
+#
+# Each claim's kind (event, comparison or absence, in the registry) sets what the verdict needs: an
+# event the runs show is reproduced whatever the budget; a comparison or an absence needs every budget
+# for either answer; and a comparison's negative also needs the power to have seen the claimed effect
+# (the smallest detectable effect, stated), otherwise it is "inconclusive".
 
 # %%
 table = notebook.write_report(stage, results, P, out_dir)

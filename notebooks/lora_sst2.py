@@ -143,6 +143,11 @@ print("Spearman across configurations:", lf.stable_rank_association(results))
 # configuration and `min_test_examples` scored examples, otherwise "not comparable" naming the
 # short budget. A claim whose configurations were not run is "inconclusive". The seed column comes
 # from the repository's claim registry.
+#
+# Each claim's kind (event, comparison or absence, in the registry) sets what the verdict needs: an
+# event the runs show is reproduced whatever the budget; a comparison or an absence needs every budget
+# for either answer; and a comparison's negative also needs the power to have seen the claimed effect
+# (the smallest detectable effect, stated), otherwise it is "inconclusive".
 
 # %%
 table = notebook.write_report(stage, results, P, out_dir)

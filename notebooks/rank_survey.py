@@ -216,6 +216,11 @@ plots.save(fig, out_dir, "rank_by_spike_size")
 # shape and agreement claims get one row per matrix (W, W − W₀, ∂L/∂W); the spike claims one row per
 # family, with the dose–response in the measured column. `write_report` also writes `metrics.json`
 # and the curves for `dvc plots`.
+#
+# Each claim's kind (event, comparison or absence, in the registry) sets what the verdict needs: an
+# event the runs show is reproduced whatever the budget; a comparison or an absence needs every budget
+# for either answer; and a comparison's negative also needs the power to have seen the claimed effect
+# (the smallest detectable effect, stated), otherwise it is "inconclusive".
 
 # %%
 table = notebook.write_report(stage, results, P, out_dir)

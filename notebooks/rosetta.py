@@ -159,6 +159,11 @@ display(Markdown(plots.markdown_table(s[(s.arm == CONVENTIONAL) & (s.task != "re
 # reproduced" only where each arm had `min_seeds` seeds and the conventional arm learned the task,
 # otherwise "not comparable" naming the budget. The seed column comes from the repository's claim
 # registry. `write_report` also writes `metrics.json` and the curves for `dvc plots`.
+#
+# Each claim's kind (event, comparison or absence, in the registry) sets what the verdict needs: an
+# event the runs show is reproduced whatever the budget; a comparison or an absence needs every budget
+# for either answer; and a comparison's negative also needs the power to have seen the claimed effect
+# (the smallest detectable effect, stated), otherwise it is "inconclusive".
 
 # %%
 table = notebook.write_report(stage, results, P, out_dir)

@@ -173,6 +173,11 @@ display(cls.round(3))
 # only where every budget was met (seeds that fit, steps after the fit, the decay clock, the
 # grokking delay, steps after the removal, the linear probe's headroom, a memorising control, both
 # tasks), otherwise "not comparable" naming the budget. The seed column comes from the claim registry.
+#
+# Each claim's kind (event, comparison or absence, in the registry) sets what the verdict needs: an
+# event the runs show is reproduced whatever the budget; a comparison or an absence needs every budget
+# for either answer; and a comparison's negative also needs the power to have seen the claimed effect
+# (the smallest detectable effect, stated), otherwise it is "inconclusive".
 
 # %%
 table = notebook.write_report(stage, a, P, out_dir)

@@ -194,13 +194,30 @@ def test_verdicts_follow_the_measurements_and_the_budgets(smoke):
          "kappa_correlation", "ng_alignment_stability", "anisotropy_instability"], "reproduced")
     assert "held-out seeds per regime at L* 2 (needs ≥ 2)" in v["alignment_threshold_share"][1]
     assert "cadence points in the shortest H3 window 5 (needs ≥ 2)" in v["alignment_threshold_share"][1]
+    assert ("smallest detectable one-sided Mann–Whitney p (complete separation of 4 vs 4 runs, 1/C(8, 4); "
+            "claimed: half of α) 0.0143 vs claimed 0.025") in v["ng_alignment_stability"][1]
     v = verdicts(_summary(stable_min=3.0, unstable_min=5.0, unstable_ng=0.95), _coupling([0.5, 0.6, 0.7]))
-    assert v["alignment_threshold_share"][0] == "not reproduced"  # no T separates held-out runs
-    assert v["ng_alignment_stability"][0] == "not reproduced" and v["kappa_correlation"][0] == "not reproduced"
-    # three runs per regime cannot reach p < 0.05 one-sided (1/20): not comparable, naming the budget
+    # comparisons whose test states no power: a negative is inconclusive, not "not reproduced" (was)
+    assert v["alignment_threshold_share"][0] == "inconclusive"  # no T separates held-out runs
+    assert v["kappa_correlation"][0] == "inconclusive"
+    assert "a negative needs power: the smallest effect these runs could detect is not stated" in v["kappa_correlation"][1]
+    # 4 vs 4 runs reach p = 1/70 ≤ α/2: the Mann–Whitney negative has its power
+    assert v["ng_alignment_stability"][0] == "not reproduced"
+    # three runs per regime cannot reach p < 0.05 one-sided (1/20): too little power for a negative, so
+    # inconclusive (was "not comparable" on a runs-per-regime budget), naming the power
     v = verdicts(_summary(stable_min=3.0, unstable_min=5.0, unstable_ng=0.95, n=3), _coupling([0.5]))
-    assert v["ng_alignment_stability"][0] == "not comparable"
-    assert "runs per regime at L* 3 (needs ≥ 4)" in v["ng_alignment_stability"][1]
+    assert v["ng_alignment_stability"][0] == "inconclusive"
+    assert v["ng_alignment_stability"][1].endswith(
+        "too little power for a negative: smallest detectable one-sided Mann–Whitney p (complete separation of 3 vs 3 "
+        "runs, 1/C(6, 3); claimed: half of α) 0.05 vs claimed 0.025; runs reaching L* = 4 nats before divergence "
+        "6 (needs ≥ 6); unstable runs that diverged 3 (needs ≥ 3)")
+    # too little power blocks only a negative: 3 stable vs 4 unstable runs, separated, reach p = 1/35 < α
+    # (short of α/2) and the positive stands (a runs-per-regime budget, 3 of 4, would now block it: a comparison)
+    s = _summary(stable_min=3.0, unstable_min=0.5, n=4)
+    v = verdicts(s.drop(index=s.index[(s.kind == "stable") & (s.seed == 3)]), _coupling([0.001]))
+    assert v["ng_alignment_stability"][0] == v["anisotropy_instability"][0] == "reproduced"
+    assert "(complete separation of 3 vs 4 runs, 1/C(7, 3); claimed: half of α) 0.0286 vs claimed 0.025" in \
+        v["ng_alignment_stability"][1]
     # no run reaches the matched loss: nothing is compared
     v = verdicts(_summary(stable_min=3.0, unstable_min=0.5, reached=False), _coupling([0.5]))
     assert v["alignment_threshold_share"][0] == v["anisotropy_instability"][0] == "not comparable"

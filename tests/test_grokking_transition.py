@@ -200,7 +200,7 @@ def test_smoke_stage_end_to_end_and_deterministic(smoke_params, data_dir, tmp_pa
     rows = gt_findings.findings(a, smoke_params.report)
     assert {r["verdict"] for r in rows} <= set(VERDICTS)
     assert [r["id"] for r in rows] == [*gt_findings.TEST_CLAIMS.values(), "grokking_transition.diagnostic_not_predictive"]
-    assert all("power at the claimed effect" in r["why"] for r in rows[:4])
+    assert all("smallest detectable" in r["why"] for r in rows[:4])  # the power, now a Power, not a budget
     m = gt.metrics(a, smoke_params.report)
     assert set(m["conditions"]) == {c.name for c in smoke_params.runs.conditions}
     assert m["conditions"]["add_wd1"]["grokked_fraction"] == 1.0
@@ -215,32 +215,70 @@ def test_smoke_stage_end_to_end_and_deterministic(smoke_params, data_dir, tmp_pa
     np.testing.assert_allclose(acc["value"], expected.to_numpy(), rtol=1e-5)
 
 
-def _analysis_with(verdict: str, power: float, n_grok=3, n_ctrl=6):
-    test = {"test": "lag1_autocorrelation", "tested": "mul_wd0.1", "group": "spectral", "indicator": "lag1_ac",
+def _test_row(verdict: str, tested="mul_wd0.1", n_grok=3, n_ctrl=6) -> dict:
+    return {"test": "lag1_autocorrelation", "tested": tested, "group": "spectral", "indicator": "lag1_ac",
             "hit_fraction": 0.1, "control_fraction": 0.1, "n_grok_runs": n_grok, "n_control_runs": n_ctrl,
             "p_mannwhitney": 0.6, "verdict": verdict, "why": "w", "n_points": 150.0, "resid_lag1": 0.5,
             "tau_grok": 0.0, "tau_control": 0.0, "ratio_grok": 1.0, "ratio_control": 1.0}
-    ps = {"test": "lag1_autocorrelation", "tested": "mul_wd0.1", "power_at_claim": power, "tau_at_claim": 0.5,
-          "mde_effect": 0.5, "mde_tau": 0.5}
-    return gt.Analysis(None, None, None, None, None, None, None, None, pd.DataFrame([test]), None,
-                       pd.DataFrame([ps]))
 
 
-@pytest.mark.parametrize(("verdict", "power", "n_ctrl", "expected"), [
-    ("not supported", 0.9, 6, "not reproduced"),
-    ("not supported", 0.3, 6, "not comparable"),  # the test could not have seen the claimed effect
-    ("not supported", 0.9, 3, "not comparable"),  # 3 vs 3 runs: Mann–Whitney cannot reach p < 0.05
-    ("supported", 0.3, 6, "reproduced"),  # a precursor seen is seen, whatever the power
-    ("inconclusive", 0.9, 6, "inconclusive"),
+def _power_row(power: float, mde: float, tested="mul_wd0.1") -> dict:
+    # power at the claimed slowing 0.5 and the smallest slowing detected with power ≥ 0.8 (power_summary)
+    return {"test": "lag1_autocorrelation", "tested": tested, "power_at_claim": power, "tau_at_claim": 0.5,
+            "mde_effect": mde, "mde_tau": 0.5 if np.isfinite(mde) else math.nan}
+
+
+def _analysis(tests: list[dict], powers: list[dict]):
+    return gt.Analysis(None, None, None, None, None, None, None, None, pd.DataFrame(tests), None,
+                       pd.DataFrame(powers))
+
+
+def _analysis_with(verdict: str, power: float, mde: float, n_grok=3, n_ctrl=6):
+    return _analysis([_test_row(verdict, n_grok=n_grok, n_ctrl=n_ctrl)], [_power_row(power, mde)])
+
+
+@pytest.mark.parametrize(("verdict", "power", "mde", "n_ctrl", "expected"), [
+    ("not supported", 0.9, 0.5, 6, "not reproduced"),  # the test could see the claimed slowing 0.5
+    # a comparison: low power now makes a negative inconclusive (was "not comparable" when power was a budget)
+    ("not supported", 0.3, 0.7, 6, "inconclusive"),  # could only see a slowing of 0.7 > 0.5 claimed
+    ("not supported", 0.3, math.nan, 6, "inconclusive"),  # no slowing tried reached power 0.8
+    ("not supported", 0.9, 0.5, 3, "not comparable"),  # 3 vs 3 runs: Mann–Whitney cannot reach p < 0.05
+    # a precursor seen is seen, whatever the power: power is no budget, and the other budgets are met
+    ("supported", 0.3, 0.7, 6, "reproduced"),
+    ("inconclusive", 0.9, 0.5, 6, "inconclusive"),
 ])
-def test_findings_give_a_negative_only_with_power_and_controls(verdict, power, n_ctrl, expected):
-    rows = gt_findings.findings(_analysis_with(verdict, power, n_ctrl=n_ctrl), gt.ReportParams())
+def test_findings_give_a_negative_only_with_power_and_controls(verdict, power, mde, n_ctrl, expected):
+    rows = gt_findings.findings(_analysis_with(verdict, power, mde, n_ctrl=n_ctrl), gt.ReportParams())
     assert rows[0]["verdict"] == expected, rows[0]
-    assert f"power at the claimed effect (AR(1) coefficient 50% of the way to 1 by t*) {power:g}" in rows[0]["why"]
-    # 'not predictive' is an absence: it needs ≥ 2 tested conditions and the power to see a precursor
+    detectable = f"{mde:,.3g}" if np.isfinite(mde) else "inf"
+    assert (f"smallest detectable slowing by t* (share of the AR(1) coefficient's distance to 1, at power ≥ 0.8) "
+            f"{detectable} vs claimed 0.5") in rows[0]["why"], rows[0]["why"]
+    assert f"power at the claim {power:.2f}" in rows[0]["measured"]
+    # 'not predictive' is an absence: a precursor found refutes it whatever the budget; agreeing needs
+    # ≥ 2 tested conditions (one here: short of budget) and the power to see a precursor
     assert rows[-1]["id"] == "grokking_transition.diagnostic_not_predictive"
     assert rows[-1]["verdict"] == ("not reproduced" if verdict == "supported" else
                                    "inconclusive" if verdict == "inconclusive" else "not comparable")
+
+
+@pytest.mark.parametrize(("mde", "expected"), [
+    ((0.5, 0.3), "reproduced"),  # both conditions could see the claimed slowing 0.5
+    # an absence given a Power: agreeing with too little power is inconclusive, not a negative's
+    # "reproduced" (was "not comparable" when power was a budget)
+    ((0.5, 0.7), "inconclusive"),
+    ((0.5, math.nan), "inconclusive"),  # one condition: no slowing tried reached power 0.8
+])
+def test_not_predictive_needs_every_spectral_test_to_have_power(mde, expected):
+    conds = ("mul_wd0.1", "add_wd0.3")
+    a = _analysis([_test_row("not supported", tested=c) for c in conds],
+                  [_power_row(0.9 if m <= 0.5 else 0.3, m, tested=c) for c, m in zip(conds, mde, strict=True)])
+    row = gt_findings.findings(a, gt.ReportParams())[-1]
+    assert row["verdict"] == expected, row
+    weakest = max(m if np.isfinite(m) else math.inf for m in mde)
+    assert f"of the weakest spectral test {weakest:,.3g} vs claimed 0.5" in row["why"], row["why"]
+    # a precursor in one condition refutes 'not predictive' whatever the power
+    a.tests.loc[0, "verdict"] = "supported"
+    assert gt_findings.findings(a, gt.ReportParams())[-1]["verdict"] == "not reproduced"
 
 
 def test_paper_profile_transformer_path_with_gradient_probes(smoke_params, data_dir):

@@ -55,7 +55,7 @@ def test_default_profile_measures_every_step_and_its_lags_cover_the_predicted_le
     assert r.cadence_every == 1 and r.steps % r.hessian.full_every == 0
     assert ll.max_lag * r.cadence_every >= ll.predicted_lead[1] and ll.predicted_lead[0] >= r.cadence_every
     assert all(b.met for b in hc_findings.lag_budgets(ll, r.cadence_every))
-    assert hc_findings.surrogate_budget(ll, len(ll.pairs())).met  # 500 ≥ 2·5/0.05
+    assert hc_findings.surrogate_power(ll, len(ll.pairs())).sufficient  # 1/500 ≤ 0.05/5/2
     assert ll.pairs()[0] == ("kappa", "lambda_max") and len(ll.pairs()) == len(ll.weight_metrics)
 
 
@@ -172,6 +172,8 @@ def test_verdicts_follow_the_tests_and_name_their_budgets(default):
     assert "5/5 runs at the edge" in v["weights_lead_hessian"]["measured"]
     assert "lag range ± steps vs the largest predicted lead 40 (needs ≥ 30)" in v["weights_lead_hessian"]["why"]
     assert "stable steps vs the marginal runs' edge step 200 (needs ≥ 80)" in v["stable_below_edge"]["why"]
+    assert ("smallest detectable surrogate p (1/(1 + 499 surrogates); claimed: half of α/5) 0.002 vs claimed 0.005"
+            in v["spectra_coupled"]["why"])
     v = rows([0, -5, -3, -8, -2, -4], [0.5, 0.002, 0.002, 0.004, 0.002, 0.01])  # coupled, λ_max leads
     assert v["weights_lead_hessian"]["verdict"] == "not reproduced"
     assert v["weights_lead_all_pairs"]["verdict"] == "not reproduced" and v["spectra_coupled"]["verdict"] == "reproduced"
@@ -180,19 +182,55 @@ def test_verdicts_follow_the_tests_and_name_their_budgets(default):
     assert v["weights_lead_hessian"]["verdict"] == "reproduced"
     assert v["weights_lead_hessian_residuals"]["verdict"] == "not reproduced"
     v = rows([0, 5, 3, 8, 2, 4], [0.5, 0.4, 0.3, 0.6, 0.7, 0.2])  # nothing beyond the surrogates: falsifier holds
+    # comparisons: a negative with every budget met and 499 surrogates (p down to 1/500) has the power it needs
     assert v["weights_lead_hessian"]["verdict"] == "not reproduced" and v["spectra_coupled"]["verdict"] == "not reproduced"
     assert v["weights_lead_all_pairs"]["verdict"] == "inconclusive"
+    # 29 surrogates reach p = 1/30 < α but not half of it: too little power for a negative (was "not comparable":
+    # surrogates + 1 30, needs ≥ 40), while a lead they do find is significant and stands (as a surrogates budget it
+    # would now block it: a comparison's short budget blocks a positive too)
+    few = default.report.model_copy(update={"lead_lag": default.report.lead_lag.model_copy(
+        update={"surrogates": 29, "weight_metrics": ["kappa"]})})  # one pair, as in _table
+    v = rows([0, 5, 3, 8, 2, 4], [0.5, 0.4, 0.3, 0.6, 0.7, 0.2], report=few)
+    assert v["weights_lead_hessian"]["verdict"] == v["spectra_coupled"]["verdict"] == "inconclusive"
+    assert v["weights_lead_hessian"]["why"].startswith(
+        "surrogate test per run (α = 0.05, 29 phase surrogates), predicted lead 1–30 steps; too little power for a "
+        "negative: smallest detectable surrogate p (1/(1 + 29 surrogates); claimed: half of α/1) 0.0333 vs claimed 0.025")
+    v = rows([0, 5, 3, 8, 2, 4], [0.5, 1 / 30, 1 / 30, 1 / 30, 1 / 30, 1 / 30], report=few)
+    assert v["weights_lead_hessian"]["verdict"] == v["spectra_coupled"]["verdict"] == "reproduced"
+    assert v["weights_lead_all_pairs"]["verdict"] == "reproduced"
     # a lag range short of the predicted lead: a negative is not comparable, named so
     short = default.report.model_copy(update={"lead_lag": default.report.lead_lag.model_copy(update={"max_lag": 10})})
     v = rows([0, 5, 3, 8, 2, 4], [0.5, 0.4, 0.3, 0.6, 0.7, 0.2], report=short)
     assert v["weights_lead_hessian"]["verdict"] == "not comparable"
     assert "short of budget: lag range ± steps vs the largest predicted lead 10 (needs ≥ 30)" in v["weights_lead_hessian"]["why"]
+    # a comparison: the short lag range blocks a positive too (a truncated range can fake either direction)
+    v = rows([0, 5, 3, 8, 2, 4], [0.5, 0.002, 0.002, 0.004, 0.002, 0.01], report=short)
+    assert v["weights_lead_hessian"]["verdict"] == v["weights_lead_all_pairs"]["verdict"] == "not comparable"
+    assert v["spectra_coupled"]["verdict"] == "reproduced"  # it needs no lag range
     # runs that never reach the edge do not count as approaching instability
     s.loc[s.kind != "stable", "ratio_max"] = 0.5
     v = rows([0, 5, 3, 8, 2, 4], [0.5, 0.4, 0.3, 0.6, 0.7, 0.2])
     assert v["weights_lead_hessian"]["verdict"] == "not comparable"
     assert "approaching runs at the edge, tested 0 (needs ≥ 4)" in v["weights_lead_hessian"]["why"]
-    assert v["marginal_at_edge"]["verdict"] == "not reproduced"
+    assert v["marginal_at_edge"]["verdict"] == "not reproduced"  # an event not shown, its budgets met
+
+
+def test_stable_below_edge_is_an_absence(default):
+    """Either answer needs the budget (stable runs as long as the marginal runs took to reach the edge); with
+    it met, a stable run over the edge is what the claim rules out, shown."""
+    kinds = ["stable", "marginal"]
+
+    def verdict(stable_ratio, edge_step):
+        s = _summary(kinds).assign(ratio_max=[stable_ratio, 3.0], edge_step=[math.nan, edge_step])
+        rows = hc_findings.stable_below_edge(_analysis(s, _table([0, 5], [0.5, 0.002], kinds), default.runs), default.report)
+        return rows[0]["verdict"], rows[0]["why"]
+
+    assert verdict(0.06, 80.0)[0] == "reproduced"
+    assert verdict(0.06, 300.0)[0] == "not comparable"  # 200 stable steps < the edge step 300: agrees vacuously
+    assert verdict(1.5, 300.0)[0] == "not comparable"  # an absence: a short budget blocks a negative too
+    v, why = verdict(1.5, 80.0)
+    assert v == "not reproduced" and why.startswith("sharpness on the full training set against 2/η of GD, every step; "
+                                                    "the runs show what the claim rules out")
 
 
 def test_pair_summary_counts_coupled_runs_and_their_median_lead():
@@ -234,9 +272,11 @@ def test_smoke_study_end_to_end(smoke, data_dir, tmp_path):
         "stable_below_edge", "marginal_at_edge", "unstable_diverges", "weights_lead_hessian",
         "weights_lead_hessian_residuals", "spectra_coupled", "weights_lead_all_pairs"]
     assert {r["verdict"] for r in rows} <= set(VERDICTS)
-    # 19 surrogates cannot reach p < α: the smoke profile's negatives are not comparable
+    # 19 surrogates cannot reach p < α (p ≥ 1/20 = α): no positive, and too little power for a negative, so the
+    # smoke profile's H1 is inconclusive ("not comparable" where a budget is short as well), naming the power
     lead = {r["id"]: r for r in rows}["hessian_coevolution.weights_lead_hessian"]
-    assert lead["verdict"] in ("not comparable", "reproduced") and "surrogates + 1 20 (needs ≥ 40)" in lead["why"]
+    assert lead["verdict"] in ("inconclusive", "not comparable")
+    assert "smallest detectable surrogate p (1/(1 + 19 surrogates); claimed: half of α/1) 0.05 vs claimed 0.025" in lead["why"]
     assert not any("|" in text for r in rows for text in r.values())  # the table is rendered as markdown
     m = hc.metrics(a, smoke.report)
     assert set(m["regimes"]) == {"stable", "marginal", "unstable"} and m["hutchinson"]["probes"] == 4

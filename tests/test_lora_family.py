@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from gradience.studies.lora_family import analysis as lf
+from gradience.studies.lora_family import findings as lff
 from gradience.studies.lora_family import runs as lfr
 from gradience.studies.lora_gsm8k import findings as gsm_study
 from gradience.studies.lora_gsm8k.analysis import ReportParams
@@ -64,16 +65,33 @@ def test_opposite_results_are_not_reproduced_only_with_the_budget():
     flipped = SEEDLIKE | {"baseline": [0.40, 0.41], "low_alpha": [0.20, 0.21], "small_r8": [0.40, 0.40],
                           "low_alpha_r8": [0.20, 0.20], "attn_r8_low_alpha_lr5e5": [0.10, 0.11]}
     rows = {r["id"].split(".")[1]: r for r in gsm_study.findings(_analysis(_runs(flipped)), REPORT)}
+    # a comparison's negative needs power: at 400 examples × 2 seeds 2 SE is 4.47 points, below the
+    # seed's 11-point gain at r 8 (the weaker of its two pairs: 16 points at r 32)
     assert rows["alpha_controls_generalisation"]["verdict"] == "not reproduced"
-    assert rows["alpha_irrelevant_at_low_lr"]["verdict"] == "not reproduced"
-    assert rows["attention_beats_all"]["verdict"] == "not reproduced"
+    assert "smallest detectable accuracy difference low_alpha_r8 − small_r8 (points, 2 SE) 4.47 vs claimed 11" in \
+        rows["alpha_controls_generalisation"]["why"]
+    assert rows["alpha_irrelevant_at_low_lr"]["verdict"] == "not reproduced"  # an absence: a difference seen
+    assert rows["attention_beats_all"]["verdict"] == "not reproduced"  # 5.1 points detectable vs claimed 18
+    assert rows["lr_dominates_alpha"]["verdict"] == "not reproduced"  # lower LR not better; 5.1 vs 18 points
+    assert rows["restraint"]["verdict"] == "not reproduced"  # low α/r worse than the baseline beyond 2 SE
     assert rows["ppl_ratio_monitor"]["verdict"] == "inconclusive"  # every run passes: nothing to separate
+    # a comparison with no stated power (stable ranks all equal here): a negative reads inconclusive
+    assert rows["stable_rank_tracks_concentration"]["verdict"] == "inconclusive"
+    assert "a negative needs power" in rows["stable_rank_tracks_concentration"]["why"]
+    # the same flip with seeds 20–30 points apart: 2 SE ≈ 36 points at r 8 could not have seen 11 points
+    noisy = flipped | {"small_r8": [0.30, 0.50], "low_alpha_r8": [0.10, 0.40]}
+    [row] = gsm_study.alpha_controls_generalisation(_analysis(_runs(noisy)), REPORT)
+    assert row["verdict"] == "inconclusive" and "too little power for a negative" in row["why"], row
     small = {r["id"].split(".")[1]: r for r in gsm_study.findings(_analysis(_runs(flipped, n_test=50)), REPORT)}
     assert small["alpha_controls_generalisation"]["verdict"] == "not comparable"
     assert "scored test examples per run 50 (needs ≥ 200)" in small["alpha_controls_generalisation"]["why"]
     one_seed = {k: v[:1] for k, v in flipped.items()}
     rows1 = {r["id"].split(".")[1]: r for r in gsm_study.findings(_analysis(_runs(one_seed)), REPORT)}
     assert rows1["alpha_controls_generalisation"]["verdict"] == "not comparable"
+    # an absence ("α/r irrelevant") needs every budget for either answer: with one seed a difference
+    # beyond 2 binomial SE can be seed noise, so it is "not comparable", not a negative
+    assert rows1["alpha_irrelevant_at_low_lr"]["verdict"] == "not comparable"
+    assert rows1["alpha_irrelevant_at_low_lr"]["why"].startswith("|Δ| within 2 SE; short of budget: seeds")
     # an equality claim is vacuous on a tiny test set: not comparable, never reproduced by default
     eq = {r["id"].split(".")[1]: r for r in gsm_study.findings(_analysis(_runs(SEEDLIKE, n_test=20)), REPORT)}
     assert eq["alpha_irrelevant_at_low_lr"]["verdict"] == "not comparable"
@@ -88,8 +106,9 @@ def test_a_comparison_needs_configurations_that_learned():
     assert rows["alpha_irrelevant_at_low_lr"]["verdict"] == "not comparable"
     assert "compared configurations that learned (> zero-shot 36.0 % by 2 SE) 0 (needs ≥ 2)" in \
         rows["alpha_irrelevant_at_low_lr"]["why"]
-    # a difference the claim predicts is still shown (baseline falls below zero-shot, low α/r does not)
-    assert rows["alpha_controls_generalisation"]["verdict"] == "reproduced"
+    # a comparison: the baseline did not learn (below zero-shot), and an unmet budget blocks a positive
+    # too (it was "reproduced" before the one verdict rule)
+    assert rows["alpha_controls_generalisation"]["verdict"] == "not comparable"
     assert rows["stable_rank_tracks_concentration"]["verdict"] == "not comparable"
     # per run, not on the seed mean: two seeds far apart (8.5 % and 26 %) both left zero-shot 0 %
     spread = _analysis(_runs({"zero_shot": [0.0], "baseline": [0.085, 0.26]}, n_test=200))
@@ -100,6 +119,21 @@ def test_a_comparison_needs_configurations_that_learned():
     stuck = _analysis(_runs(flat | {"zero_shot": [0.2]}))
     eq = {r["id"].split(".")[1]: r for r in gsm_study.findings(stuck, REPORT)}
     assert eq["alpha_controls_generalisation"]["verdict"] == "not comparable"  # not "not reproduced"
+
+
+def test_power_of_a_negative_is_the_weakest_pair_against_the_published_gain():
+    runs = _runs({"baseline": [0.20, 0.21], "low_alpha": [0.36, 0.35], "small_r8": [0.24, 0.25],
+                  "low_alpha_r8": [0.30, 0.50]}, n_test=400)
+    c32, c8 = lf.comparison(runs, "low_alpha", "baseline"), lf.comparison(runs, "low_alpha_r8", "small_r8")
+    pw = lff.power([c32, c8], {("low_alpha", "baseline"): 16.0, ("low_alpha_r8", "small_r8"): 11.0}, 2.0)
+    assert pw.detectable == pytest.approx(200 * c8.se) and pw.claimed == 11.0 and "low_alpha_r8" in pw.measure
+    assert pw.sufficient == (200 * c8.se <= 11.0)
+    # the seed states no gain for a pair, or a configuration was not run: no power
+    assert lff.power([c32, c8], {("low_alpha", "baseline"): 16.0}, 2.0) is None
+    assert lff.power([c32, c8], None, 2.0) is None
+    assert lff.power([lf.comparison(runs, "attn_only", "baseline")], {("attn_only", "baseline"): 18.0}, 2.0) is None
+    with pytest.raises(ValueError, match="does not test"):  # a typo in a study's CLAIMED
+        lff.power([c32], {("low_alpha", "baseline"): 16.0, ("low_alpha_r8", "small_r8"): 11.0}, 2.0)
 
 
 def test_configurations_not_run_are_inconclusive():

@@ -99,15 +99,19 @@ def _seed_table(a, p):
                               study_findings.attn_r8_efficient) for row in claim(a, p)]
 
 
+def _synthetic(acc, n_test=872):
+    """Fine-tuned runs with these accuracies per configuration (SST-2's 872 validation examples)."""
+    rows = [{"run": f"{c}/s{s}", "condition": c, "seed": s, "accuracy": a, "n_test": n_test, "ppl_ratio": 1.1,
+             "lora_stable_rank": 2.0, "utilization": 0.1, "dominance": 0.1, "lora_effective_rank": 2.0,
+             "train_ppl": 1.2, "test_ppl": 1.3, "r": lf.CONFIGS[c].r, "alpha_over_r": lf.CONFIGS[c].alpha_over_r,
+             "lr": lf.CONFIGS[c].lr, "seed_lr": lf.CONFIGS[c].lr, "targets": lf.CONFIGS[c].targets,
+             "trainable_params": 1, "majority_share": 0.5} for c, v in acc.items() for s, a in enumerate(v)]
+    df = pd.DataFrame(rows)
+    return lfa.Analysis(None, pd.DataFrame(), df, df, lfa.config_table(df), pd.DataFrame(), pd.DataFrame())
+
+
 def test_seed_table_verdicts():
-    def runs(acc):
-        rows = [{"run": f"{c}/s{s}", "condition": c, "seed": s, "accuracy": a, "n_test": 872, "ppl_ratio": 1.1,
-                 "lora_stable_rank": 2.0, "utilization": 0.1, "dominance": 0.1, "lora_effective_rank": 2.0,
-                 "train_ppl": 1.2, "test_ppl": 1.3, "r": lf.CONFIGS[c].r, "alpha_over_r": lf.CONFIGS[c].alpha_over_r,
-                 "lr": lf.CONFIGS[c].lr, "seed_lr": lf.CONFIGS[c].lr, "targets": lf.CONFIGS[c].targets,
-                 "trainable_params": 1, "majority_share": 0.5} for c, v in acc.items() for s, a in enumerate(v)]
-        df = pd.DataFrame(rows)
-        return lfa.Analysis(None, pd.DataFrame(), df, df, lfa.config_table(df), pd.DataFrame(), pd.DataFrame())
+    runs = _synthetic
 
     seed = {"baseline_lr5e5": [0.960, 0.961], "attn_r8_lr5e5": [0.956, 0.955], "baseline": [0.950, 0.951],
             "low_alpha": [0.940, 0.941]}
@@ -122,3 +126,20 @@ def test_seed_table_verdicts():
     assert {r["verdict"] for r in rows.values()} == {"not comparable"}
     assert "compared configurations that learned (> majority class 50.0 % by 2 SE) 0 (needs ≥ 4)" in \
         rows["lora_sst2.low_lr_best"]["why"]
+
+
+def test_a_negative_needs_the_power_to_see_the_seed_one_point():
+    """The seed's SST-2 gain of the lower LR is 1.0 point (96.0 % vs 95.0 %): a negative needs 2 SE ≤ 1 point."""
+    same = {"baseline_lr5e5": [0.950, 0.951], "baseline": [0.950, 0.951], "low_alpha": [0.940, 0.941]}
+    # 872 examples × 2 seeds: 2 SE ≈ 1.5 points, so "the lower LR is no better" is inconclusive
+    [row] = study_findings.lr_dominates_alpha(_synthetic(same), study.ReportParams())
+    assert row["verdict"] == "inconclusive" and "too little power for a negative" in row["why"], row
+    assert "smallest detectable accuracy difference baseline_lr5e5 − baseline (points, 2 SE) 1.48 vs claimed 1" in \
+        row["why"]
+    # 20 000 examples per run: 2 SE ≈ 0.3 points could have seen it, so the same result is a negative
+    [row] = study_findings.lr_dominates_alpha(_synthetic(same, n_test=20_000), study.ReportParams())
+    assert row["verdict"] == "not reproduced", row
+    # no gain stated for SST-2 (α/r's published SST-2 difference runs the other way): a negative is inconclusive
+    flat = same | {"low_alpha_r8": [0.90, 0.90], "small_r8": [0.95, 0.95]}
+    [row] = study_findings.alpha_controls_generalisation(_synthetic(flat, n_test=20_000), study.ReportParams())
+    assert row["verdict"] == "inconclusive" and "a negative needs power" in row["why"], row

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gradience.reporting import Budget, judge, judged
+from gradience.reporting import Budget, Power, claim_kind, claims, judge, judged
 
 CLOCK_OK = Budget("lr·wd·steps", 12.0, 10.0)
 CLOCK_SHORT = Budget("lr·wd·steps", 0.9, 10.0)
@@ -14,25 +14,65 @@ def test_budget_met_and_text():
     assert str(CLOCK_SHORT) == "lr·wd·steps 0.9 (needs ≥ 10)"
 
 
-@pytest.mark.parametrize(("holds", "budgets", "absence", "verdict"), [
-    (True, [CLOCK_OK], False, "reproduced"),
-    (False, [CLOCK_OK], False, "not reproduced"),
-    (False, [CLOCK_SHORT], False, "not comparable"),
-    (True, [CLOCK_SHORT], False, "reproduced"),       # the predicted event happened early
-    (True, [CLOCK_SHORT], True, "not comparable"),    # "never groks" seen in a run too short to grok
-    (False, [CLOCK_SHORT], True, "not comparable"),
-    (True, [CLOCK_OK], True, "reproduced"),
-    (None, [CLOCK_OK], False, "inconclusive"),
-    (False, [], False, "not reproduced"),
+ENOUGH = Power("accuracy difference (points)", 3.0, 5.0)  # could have seen the claimed 5 points
+TOO_LITTLE = Power("accuracy difference (points)", 8.0, 5.0)  # could not
+
+
+@pytest.mark.parametrize(("holds", "budgets", "kind", "power", "verdict"), [
+    # an event ("it groks"): shown whatever the budget; a negative needs every budget
+    (True, [CLOCK_OK], "event", None, "reproduced"),
+    (True, [CLOCK_SHORT], "event", None, "reproduced"),         # the predicted event happened early
+    (False, [CLOCK_OK], "event", None, "not reproduced"),
+    (False, [CLOCK_SHORT], "event", None, "not comparable"),    # too short for it to happen
+    (False, [], "event", None, "not reproduced"),
+    # a comparison ("A beats B"): a short run fakes either answer; a negative needs power
+    (True, [CLOCK_OK], "comparison", None, "reproduced"),
+    (True, [CLOCK_SHORT], "comparison", None, "not comparable"),
+    (False, [CLOCK_SHORT], "comparison", ENOUGH, "not comparable"),
+    (False, [CLOCK_OK], "comparison", ENOUGH, "not reproduced"),
+    (False, [CLOCK_OK], "comparison", TOO_LITTLE, "inconclusive"),
+    (False, [CLOCK_OK], "comparison", None, "inconclusive"),     # no stated power: no negative
+    # an absence ("does not grok", "no difference"): every budget for either answer, as a comparison
+    (False, [CLOCK_SHORT], "absence", None, "not comparable"),  # one short run can show seed noise
+    (False, [CLOCK_OK], "absence", None, "not reproduced"),     # what it rules out, shown
+    (False, [CLOCK_OK], "absence", TOO_LITTLE, "not reproduced"),  # a difference seen needs no power
+    (True, [CLOCK_SHORT], "absence", None, "not comparable"),   # "never groks" in a run too short to grok
+    (True, [CLOCK_OK], "absence", None, "reproduced"),
+    (True, [CLOCK_OK], "absence", ENOUGH, "reproduced"),
+    (True, [CLOCK_OK], "absence", TOO_LITTLE, "inconclusive"),  # "no difference" the runs could not have seen
+    # nothing to judge
+    (None, [CLOCK_OK], "event", None, "inconclusive"),
+    (None, [CLOCK_OK], "comparison", ENOUGH, "inconclusive"),
 ])
-def test_judge(holds, budgets, absence, verdict):
-    assert judge(holds, budgets, absence=absence)[0] == verdict
+def test_judge(holds, budgets, kind, power, verdict):
+    assert judge(holds, budgets, kind, power)[0] == verdict
 
 
 def test_reason_names_the_short_budget_and_the_met_ones():
-    verdict, why = judge(False, [CLOCK_SHORT, Budget("seeds", 3, 3)])
+    verdict, why = judge(False, [CLOCK_SHORT, Budget("seeds", 3, 3)], "event")
     assert verdict == "not comparable"
     assert why == "short of budget: lr·wd·steps 0.9 (needs ≥ 10) (met: seeds 3 (needs ≥ 3))"
+
+
+def test_an_inconclusive_negative_names_the_detectable_and_the_claimed_effect():
+    verdict, why = judge(False, [Budget("seeds", 4, 4)], "comparison", TOO_LITTLE)
+    assert verdict == "inconclusive"
+    assert why == ("too little power for a negative: smallest detectable accuracy difference (points) 8 vs "
+                   "claimed 5; seeds 4 (needs ≥ 4)")
+    assert "is not stated" in judge(False, [], "comparison")[1]
+    assert judge(False, [], "comparison", Power("d", float("nan"), 1.0))[0] == "inconclusive"  # unknown power
+    assert Power("d", 5.0, -5.0).sufficient  # a claimed effect's sign does not matter
+
+
+def test_unknown_kind_is_refused():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        judge(True, [], "anecdote")
+
+
+def test_every_registered_claim_has_a_kind():
+    assert all(claim_kind(cid) in ("event", "comparison", "absence") for cid in claims())
+    assert claim_kind("grokking.mul_wd0.1_groks") == "event"
+    assert claim_kind("grokking.add_wd0.1_memorises") == "absence"
 
 
 def test_judged_row_carries_claim_and_budget():

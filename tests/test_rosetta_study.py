@@ -162,8 +162,11 @@ def test_findings_verdicts_on_synthetic_tables():
     by_claim = {r["id"]: r for r in rs_findings.findings(a, P)}
     assert by_claim["rosetta.weight_decay"]["verdict"] == "reproduced"
     assert "weight_decay 0.004" in by_claim["rosetta.weight_decay"]["measured"]
+    # a comparison's negative needs power: the seeds agree closely (2·SE of the gap ≈ 0.012 for mass,
+    # 0.013 for adam_epsilon, ≤ the 0.02 tolerance), so a gap this large is a real loss
     assert by_claim["rosetta.lr_mass"]["verdict"] == "not reproduced"
     assert "1 diverged" in by_claim["rosetta.lr_mass"]["measured"]
+    assert "smallest detectable test-accuracy gap at n 2 vs 3" in by_claim["rosetta.lr_mass"]["why"]
     assert by_claim["rosetta.adam_epsilon"]["verdict"] == "not reproduced"
     assert by_claim["rosetta.early_stopping"]["verdict"] == "reproduced"
     assert by_claim["rosetta.critical_batch"]["verdict"] == "inconclusive"
@@ -171,11 +174,20 @@ def test_findings_verdicts_on_synthetic_tables():
     m = rs.metrics(a, P)
     assert m["digits"]["mass"]["diverged"] == 1 and m["digits"]["decay"]["acc_gap"] == pytest.approx((0.98 + 0.975 + 0.98) / 3 - (0.98 + 0.97 + 0.98) / 3)
     # a conventional arm that did not learn the task: the comparison is not comparable, whatever the arm did
+    # (a comparison: a short budget blocks a positive too)
     weak = rs.analyse(_synthetic({"conventional": [0.5, 0.5, 0.5], "decay": [0.5, 0.5, 0.5]}), P)
     assert {r["id"]: r for r in rs_findings.findings(weak, P)}["rosetta.weight_decay"]["verdict"] == "not comparable"
-    # two seeds only: not comparable either
+    # two seeds only: not comparable either (a comparison: too few seeds block a negative too)
     few = rs.analyse(_synthetic({"conventional": [0.98, 0.98], "mass": [0.1, 0.1]}), P)
     assert {r["id"]: r for r in rs_findings.findings(few, P)}["rosetta.lr_mass"]["verdict"] == "not comparable"
+    # seeds that scatter: 2·SE of the gap ≈ 0.11 > the 0.02 tolerance, so a loss (mass, gap −0.08) is
+    # inconclusive, not a negative; low power does not block a positive (decay, gap −0.013, 2·SE ≈ 0.064)
+    noisy = rs.analyse(_synthetic({"conventional": [0.98, 0.97, 0.98], "mass": [0.9, 0.99, 0.8],
+                                   "decay": [0.99, 0.9, 1.0]}), P)
+    by_claim = {r["id"]: r for r in rs_findings.findings(noisy, P)}
+    assert by_claim["rosetta.lr_mass"]["verdict"] == "inconclusive"
+    assert "too little power for a negative" in by_claim["rosetta.lr_mass"]["why"]
+    assert by_claim["rosetta.weight_decay"]["verdict"] == "reproduced"
     curves = rs.curves(a, P)
     assert set(curves.curve) == {f"test_acc_digits_{arm}" for arm in ("conventional", "decay", "mass", "adam_epsilon")}
 

@@ -1,4 +1,5 @@
-"""Stage outputs a reader and ``dvc metrics diff`` use: ``metrics.json`` and the findings table.
+"""Stage outputs a reader and ``dvc metrics diff`` use: ``metrics.json``, the findings table and the
+one verdict rule (:func:`judge`).
 
 Every finding names a claim of the registry (``claims/registry.yaml``) by id; its text and its
 published number come from there, so every Findings table quotes the seed the same way.
@@ -21,6 +22,8 @@ import yaml
 
 Verdict = Literal["reproduced", "not reproduced", "not comparable", "inconclusive"]
 VERDICTS = ("reproduced", "not reproduced", "not comparable", "inconclusive")
+ClaimKind = Literal["event", "comparison", "absence"]
+CLAIM_KINDS = ("event", "comparison", "absence")
 
 
 def _clean(value: Any) -> Any:
@@ -61,6 +64,8 @@ def _registry() -> dict:
     for cid, c in data["claims"].items():
         if c["source"] not in data["sources"]:
             raise ValueError(f"claim {cid!r}: unknown source {c['source']!r}; sources: {sorted(data['sources'])}")
+        if c.get("kind") not in CLAIM_KINDS:
+            raise ValueError(f"claim {cid!r}: kind {c.get('kind')!r} must be one of {CLAIM_KINDS}")
     return data
 
 
@@ -106,37 +111,96 @@ class Budget:
         return f"{self.name} {self.reached:,.3g} (needs ≥ {self.needed:,.3g})"
 
 
-def judge(holds: bool | None, budgets: Sequence[Budget] = (), *, absence: bool = False) -> tuple[Verdict, str]:
-    """The verdict and the budget sentence for a claim the runs checked.
+@dataclass(frozen=True)
+class Power:
+    """What a negative needs: the smallest effect the runs could detect at their n (at the stated
+    test and level), beside the effect the source claims, in the same unit.
+
+    ``Power("accuracy difference (points)", 6.2, 4.0)``: the runs could not have seen the claimed 4
+    points, so "no difference" or "A does not beat B" from them is inconclusive, not a negative.
+    """
+
+    measure: str
+    detectable: float
+    claimed: float
+
+    @property
+    def sufficient(self) -> bool:
+        return bool(math.isfinite(self.detectable) and self.detectable <= abs(self.claimed))
+
+    def __str__(self) -> str:
+        return f"smallest detectable {self.measure} {self.detectable:,.3g} vs claimed {abs(self.claimed):,.3g}"
+
+
+def judge(holds: bool | None, budgets: Sequence[Budget] = (), kind: ClaimKind = "comparison",
+          power: Power | None = None) -> tuple[Verdict, str]:
+    """The verdict and the budget sentence for a claim the runs checked (the one verdict rule).
 
     ``holds``: whether the measurement agrees with the claim (``None``: nothing to judge →
     "inconclusive"). ``budgets``: what the claim needs (steps on the right clock, controls, seeds).
-    ``absence``: the claim says something does *not* happen ("add wd 0.01 does not grok"), which a
-    run too short for it to happen agrees with vacuously.
+    ``kind`` (from the claim registry): what a short or small run could fake.
 
-    - every budget met: "reproduced" / "not reproduced";
-    - a budget short: "not comparable", except that an event the claim predicts and the runs show
-      ("it groks") is "reproduced" however short the budget: a short run cannot fake it.
+    - ``event`` (it happens: "it groks"): shown → "reproduced" whatever the budget, since a short run
+      cannot fake it; not shown → "not reproduced" only with every budget met (the runs had the time
+      and the seeds for it to happen), else "not comparable".
+    - ``comparison`` (A beats B, x leads y, a score separates outcomes): a short run can fake either
+      answer, so every budget must be met ("not comparable" otherwise); a negative then also needs
+      ``power`` that could have seen the claimed effect, else "inconclusive" naming both (no stated
+      power: "inconclusive" too).
+    - ``absence`` (it does not happen; no difference; any configuration works): every budget must be
+      met for either answer, as for a comparison (a run too short for the thing to happen agrees
+      vacuously, and one seed can show a "difference" that is seed noise); then the runs showing what
+      the claim rules out → "not reproduced"; agreeing → "reproduced", and where ``power`` is given
+      (a statistical "no difference"), only if it could have seen a difference of the claimed size.
 
-    The returned sentence names every budget, reached against needed, so the Findings table says
-    what was tested.
+    The returned sentence names every budget (reached against needed) and the power, so the
+    Findings table says what was tested.
     """
+    if kind not in CLAIM_KINDS:
+        raise ValueError(f"kind must be one of {CLAIM_KINDS}, got {kind!r}")
     short = [b for b in budgets if not b.met]
-    said = "; ".join(str(b) for b in budgets)
+    said = "; ".join([str(b) for b in budgets] + ([str(power)] if power is not None else []))
     if holds is None:
         return "inconclusive", said
-    if not short:
-        return ("reproduced" if holds else "not reproduced"), said
-    if holds and not absence:
+    if kind == "event" and holds:
         return "reproduced", said
-    return "not comparable", "short of budget: " + "; ".join(str(b) for b in short) + (
-        f" (met: {'; '.join(str(b) for b in budgets if b.met)})" if len(short) < len(budgets) else "")
+    if short:
+        return "not comparable", "short of budget: " + "; ".join(str(b) for b in short) + (
+            f" (met: {'; '.join(str(b) for b in budgets if b.met)})" if len(short) < len(budgets) else "") + (
+            f"; {power}" if power is not None else "")
+    if kind == "event":
+        return "not reproduced", said
+    if kind == "absence":
+        if not holds:
+            return "not reproduced", "the runs show what the claim rules out" + (f"; {said}" if said else "")
+        if power is not None and not power.sufficient:
+            return "inconclusive", f"too little power for a negative: {power}" + (
+                f"; {'; '.join(str(b) for b in budgets)}" if budgets else "")
+        return "reproduced", said
+    if holds:
+        return "reproduced", said
+    if power is None:
+        return "inconclusive", "a negative needs power: the smallest effect these runs could detect is not stated" + (
+            f"; {said}" if said else "")
+    if not power.sufficient:
+        return "inconclusive", f"too little power for a negative: {power}" + (
+            f"; {'; '.join(str(b) for b in budgets)}" if budgets else "")
+    return "not reproduced", said
+
+
+def claim_kind(claim_id: str) -> ClaimKind:
+    """The registry's kind of ``claim_id``: event, comparison or absence."""
+    registry = claims()
+    if claim_id not in registry:
+        raise KeyError(f"claim {claim_id!r} is not in the claim registry (gradience/claims/registry.yaml)")
+    return registry[claim_id]["kind"]
 
 
 def judged(claim_id: str, measured: str, holds: bool | None, why: str, budgets: Sequence[Budget] = (),
-           *, absence: bool = False) -> dict[str, str]:
-    """A Findings row whose verdict comes from :func:`judge`; ``why`` is followed by the budget."""
-    verdict, budget = judge(holds, budgets, absence=absence)
+           power: Power | None = None) -> dict[str, str]:
+    """A Findings row whose verdict comes from :func:`judge` with the claim's registered kind; ``why``
+    is followed by the budget (and power) sentence."""
+    verdict, budget = judge(holds, budgets, claim_kind(claim_id), power)
     return finding(claim_id, measured, verdict, "; ".join(x for x in (why, budget) if x))
 
 

@@ -1,8 +1,11 @@
 """Protocol C of seed 001: one function per claim, its docstring the claim.
 
 Each verdict is a rule applied to the measured runs, judged against the budgets it needs (runs at
-L*, held-out seeds, diverged unstable runs, runs per regime for the test) by
-:func:`gradience.reporting.judged`.
+L*, held-out seeds, diverged unstable runs) by :func:`gradience.reporting.judged`, by the claim's
+registered kind. The two Mann–Whitney regime comparisons state their power (:func:`_mw_power`: the
+smallest p the test can reach at the runs' numbers per regime), so too few runs make their negative
+inconclusive, never their positive; no other claim computes the power of its test, so its negative
+reads "inconclusive" (a negative needs stated power).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import math
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
-from gradience.reporting import Budget, judged, mean_spread
+from gradience.reporting import Budget, Power, judged, mean_spread
 from gradience.studies.fisher_geometry.analysis import (
     Analysis,
     AnalysisParams,
@@ -24,7 +27,6 @@ from gradience.studies.lm_regimes.runs import DIVERGED_OUTCOMES
 Row = dict[str, str]
 THRESHOLD_CLAIMS = {"share": "fisher_geometry.alignment_threshold_share",
                     "overlap": "fisher_geometry.alignment_threshold_overlap"}
-MIN_MW_RUNS = 4  # runs per regime a one-sided Mann–Whitney test needs to reach p < 0.05 (1/70)
 
 
 def _one_sided_mw(high: pd.Series, low: pd.Series) -> float:
@@ -35,23 +37,29 @@ def _one_sided_mw(high: pd.Series, low: pd.Series) -> float:
     return float(mannwhitneyu(high, low, alternative="greater").pvalue)
 
 
+def _mw_power(high: pd.Series, low: pd.Series, alpha: float) -> Power:
+    """What a negative of :func:`_one_sided_mw` needs: its smallest attainable p, 1/C(n₁ + n₂, n₁) (every
+    ``high`` value above every ``low`` one; the exact test, which scipy runs without ties unless both
+    regimes have more than 8 runs, where any p floor is far below α), at most half of α, the margin
+    :func:`gradience.studies.hessian_coevolution.findings.surrogate_power` keeps (4 runs per regime at
+    α = 0.05: 1/70; 3 reach only 1/20 = α). Counted on the values the test takes (finite at L*)."""
+    n1, n2 = int(high.notna().sum()), int(low.notna().sum())
+    return Power(f"one-sided Mann–Whitney p (complete separation of {n1} vs {n2} runs, 1/C({n1 + n2}, {n1}); "
+                 "claimed: half of α)", 1 / math.comb(n1 + n2, n1) if n1 and n2 else math.nan, alpha / 2)
+
+
 def _regimes(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return summary[summary.kind == "stable"], summary[summary.kind == "unstable"]
 
 
-def _budgets(summary: pd.DataFrame, a: AnalysisParams, per_regime: tuple[str, int] | None = None) -> list[Budget]:
-    """What every regime comparison needs: every run at L* before divergence, the unstable runs
-    diverged (the instability the claim is about happened), and optionally runs per regime at L*."""
+def _budgets(summary: pd.DataFrame, a: AnalysisParams) -> list[Budget]:
+    """What every regime comparison needs: every run at L* before divergence, and the unstable runs
+    diverged (the instability the claim is about happened)."""
     unstable = summary[summary.kind == "unstable"]
-    out = [Budget(f"runs reaching L* = {a.matched_loss:g} nats before divergence",
-                  float(summary.matched_step.notna().sum()), float(len(summary))),
-           Budget("unstable runs that diverged", float(unstable.outcome.isin(DIVERGED_OUTCOMES).sum()),
-                  float(max(1, len(unstable))))]
-    if per_regime:
-        name, need = per_regime
-        reached = summary[summary.matched_step.notna()].groupby("kind").size()
-        out.append(Budget(name, float(min(reached.get("stable", 0), reached.get("unstable", 0))), float(need)))
-    return out
+    return [Budget(f"runs reaching L* = {a.matched_loss:g} nats before divergence",
+                   float(summary.matched_step.notna().sum()), float(len(summary))),
+            Budget("unstable runs that diverged", float(unstable.outcome.isin(DIVERGED_OUTCOMES).sum()),
+                   float(max(1, len(unstable))))]
 
 
 def _unmeasured(budgets: list[Budget]) -> bool | None:
@@ -153,18 +161,13 @@ def _at_matched_loss(summary: pd.DataFrame, ap: AnalysisParams) -> str:
            f"{mean_spread(unstable.matched_step)})"
 
 
-def _matched_budgets(summary: pd.DataFrame, ap: AnalysisParams) -> list[Budget]:
-    """The regime comparisons' budgets, with enough runs per regime at L* for the Mann–Whitney test."""
-    return _budgets(summary, ap, ("runs per regime at L*", MIN_MW_RUNS))
-
-
 def ng_alignment_stability(a: Analysis, p: ReportParams) -> list[Row]:
     """Stable training ≈ high natural-gradient alignment cos(∇L, F⁻¹∇L), instability ≈ low (here inside F's span, at matched loss)."""
     ap, summary = p.analysis, a.summary
     stable, unstable = _regimes(summary)
     at = _at_matched_loss(summary, ap)
     p_ng = _one_sided_mw(stable.ng_alignment_at_match, unstable.ng_alignment_at_match)
-    budgets = _matched_budgets(summary, ap)
+    budgets = _budgets(summary, ap)
     damp = "F⁺" if not ap.damping else f"(F + {ap.damping:g}λ₁I)⁻¹"
     delta = full_damping(ap, a.runs) if a.runs is not None else ap.damping
     full = (f"; for contrast, full-space cos(∇L, (F+{delta:g}λ₁I)⁻¹∇L), dominated by ∇L outside the span: stable "
@@ -176,7 +179,8 @@ def ng_alignment_stability(a: Analysis, p: ReportParams) -> list[Row]:
         f"span: stable {mean_spread(stable.span_fraction_at_match)}, unstable {mean_spread(unstable.span_fraction_at_match)}"
         + full,
         _unmeasured(budgets) if math.isnan(p_ng) else bool(p_ng < ap.alpha),
-        f"{ap.kind} Fisher; holds if stable > unstable at p < {ap.alpha}", budgets)]
+        f"{ap.kind} Fisher; holds if stable > unstable at p < {ap.alpha}", budgets,
+        _mw_power(stable.ng_alignment_at_match, unstable.ng_alignment_at_match, ap.alpha))]
 
 
 def anisotropy_instability(a: Analysis, p: ReportParams) -> list[Row]:
@@ -184,7 +188,7 @@ def anisotropy_instability(a: Analysis, p: ReportParams) -> list[Row]:
     ap, summary = p.analysis, a.summary
     stable, unstable = _regimes(summary)
     at = _at_matched_loss(summary, ap)
-    budgets = _matched_budgets(summary, ap)
+    budgets = _budgets(summary, ap)
     p_an = _one_sided_mw(stable.fisher_eff_dim_at_match, unstable.fisher_eff_dim_at_match)
     return [judged(
         "fisher_geometry.anisotropy_instability",
@@ -192,7 +196,8 @@ def anisotropy_instability(a: Analysis, p: ReportParams) -> list[Row]:
         f"{mean_spread(unstable.fisher_eff_dim_at_match)} (one-sided Mann–Whitney p = {p_an:.3g}); smallest before "
         f"divergence: stable {mean_spread(stable.eff_dim_min)}, unstable {mean_spread(unstable.eff_dim_min)}",
         _unmeasured(budgets) if math.isnan(p_an) else bool(p_an < ap.alpha),
-        f"lower = more anisotropic; holds if unstable < stable at p < {ap.alpha}", budgets)]
+        f"lower = more anisotropic; holds if unstable < stable at p < {ap.alpha}", budgets,
+        _mw_power(stable.fisher_eff_dim_at_match, unstable.fisher_eff_dim_at_match, ap.alpha))]
 
 
 CLAIMS = (regimes_differ, alignment_threshold_share, alignment_threshold_overlap, spectra_related,

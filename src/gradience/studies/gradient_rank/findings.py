@@ -1,8 +1,11 @@
 """True-gradient effective rank (paper 86): one function per claim, its docstring the claim.
 
-Every verdict goes through :func:`gradience.reporting.judged` (the verdict rule) with the budgets
-the claim needs (seeds, the paper's steps measured, the trajectory reaching the paper's window,
-the K grid, adaptation steps); a short budget makes it "not comparable".
+Every verdict goes through :func:`gradience.reporting.judged` (the verdict rule, by the claim's
+registered kind) with the budgets the claim needs (seeds, the paper's steps measured, the trajectory
+reaching the paper's window, the K grid, adaptation steps). The shapes (rise-fall, K per phase) are
+events: shown, they are reproduced whatever the budget. The rest are comparisons: a short budget
+makes either answer "not comparable", and since no test here states its power, a negative with
+every budget met reads "inconclusive".
 """
 
 from __future__ import annotations

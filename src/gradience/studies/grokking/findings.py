@@ -37,7 +37,7 @@ def _outcome(a: Analysis, p: ReportParams, claim: str, condition: str, seed_grok
         f", at step {mean_spread(g['grok_step'])} (clock {mean_spread(g['clock_at_grok'])})" if n_grok else "")
     holds = (n_grok == n) if seed_grokked else (n_grok == 0)
     why = f"{n} seeds, lr {g['lr'].iloc[0]:g}, {int(g['steps'].iloc[0]):,} steps"
-    return [judged(claim, measured, holds, why, _clock_budgets(g, p), absence=not seed_grokked)]
+    return [judged(claim, measured, holds, why, _clock_budgets(g, p))]
 
 
 def mul_wd01_groks(a: Analysis, p: ReportParams) -> list[Row]:
@@ -95,7 +95,7 @@ def low_recovery_no_grok(a: Analysis, p: ReportParams) -> list[Row]:
         None if not len(summary) else bool(stuck["seed_false_alarms"] == 0 and stuck["seed_hits"] > 0),
         "a strong negative signal: alerts and no false alarms (a run too short to grok agrees vacuously)",
         [Budget("runs with κ_recovery defined (κ peaked before the end)", len(defined), 3),
-         Budget("non-grokking runs at full clock or random labels", len(failed_full), 3)], absence=True)]
+         Budget("non-grokking runs at full clock or random labels", len(failed_full), 3)])]
 
 
 def _followed(a: Analysis, p: ReportParams) -> pd.DataFrame:

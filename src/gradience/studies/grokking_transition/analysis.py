@@ -17,8 +17,9 @@ precursors to phase transitions". Definitions (stated once, used by the notebook
 - Hypothesis verdict per test and tested condition, and power: :mod:`.hypothesis_tests`.
 - Findings (:func:`gradience.studies.grokking_transition.findings.findings`, ``reporting.judged``):
   budgets = grokking runs analysed (≥ 2), control runs with which Mann–Whitney can reach p < α
-  (:func:`.hypothesis_tests.controls_needed`), median points before t* (≥ ``min_points``) and power
-  at the claimed effect (≥ ``target``): "not reproduced" only when all are met.
+  (:func:`.hypothesis_tests.controls_needed`), median points before t* (≥ ``min_points``), for
+  either answer; a negative ("not reproduced") also needs the power to see the claimed effect (the
+  smallest effect detected with power ≥ ``target`` no larger than it), else "inconclusive".
 
 Free choices the seed does not fix: lr, batch size, train fraction, the conditions, the cadence,
 the evaluation subset, the tr Σ subsample, the stop rule and the claimed effect sizes (all in the

@@ -1,8 +1,10 @@
 """Protocol B: one function per claim, its docstring the claim.
 
-Every verdict goes through :func:`gradience.reporting.judged` with the budgets the claim needs:
-grokking runs analysed, control runs with which Mann–Whitney can reach p < α, median points
-before t* and power at the claimed effect; "not reproduced" only when all are met.
+Every verdict goes through :func:`gradience.reporting.judged` with the budgets the claim needs
+(grokking runs analysed, control runs with which Mann–Whitney can reach p < α, median points
+before t*) and the test's power (:class:`gradience.reporting.Power`: the smallest effect it detects
+with power ≥ ``target``, from :func:`.hypothesis_tests.power_summary`, against the claimed effect).
+Low power makes a negative "inconclusive"; it does not block a precursor the runs show.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import math
 
 import numpy as np
 
-from gradience.reporting import Budget, judged
+from gradience.reporting import Budget, Power, judged
 from gradience.studies.grokking_transition.analysis import Analysis, ReportParams
 from gradience.studies.grokking_transition.early_warning import (
     LEVEL,
@@ -31,17 +33,31 @@ TEST_CLAIMS = {  # hypothesis test → claim id
 HOLDS = {"supported": True, "not supported": False, "inconclusive": None}
 
 
-def _claimed(test: str, pw: PowerParams) -> str:
-    return (f"tr Σ ×{pw.claimed_rise:g} by t*" if TESTS[test][1] == LEVEL else
-            f"AR(1) coefficient {pw.claimed_slowing:.0%} of the way to 1 by t*")
-
-
-def _budgets(t, ps: dict, n_ctrl_needed: int, ew: EarlyWarningParams, pw: PowerParams) -> list[Budget]:
+def _budgets(t, n_ctrl_needed: int, ew: EarlyWarningParams) -> list[Budget]:
     return [Budget("grokking runs analysed", t.n_grok_runs, 2),
             Budget(f"control runs (MWU can reach p < {ew.alpha:g})", t.n_control_runs, n_ctrl_needed),
-            Budget("median points before t*", 0 if not np.isfinite(t.n_points) else t.n_points, ew.min_points),
-            Budget(f"power at the claimed effect ({_claimed(t.test, pw)})",
-                   0 if not np.isfinite(ps.get("power_at_claim", math.nan)) else ps["power_at_claim"], pw.target)]
+            Budget("median points before t*", 0 if not np.isfinite(t.n_points) else t.n_points, ew.min_points)]
+
+
+def _effect(level: bool, pw: PowerParams) -> tuple[str, float]:
+    """The unit of a test's effect size (as in :func:`.hypothesis_tests.power_table`: the level
+    test's rise factor, the residual tests' slowing) and the claimed effect in it."""
+    if level:
+        return f"tr Σ rise by t* (factor, at power ≥ {pw.target:g})", pw.claimed_rise
+    return (f"slowing by t* (share of the AR(1) coefficient's distance to 1, at power ≥ {pw.target:g})",
+            pw.claimed_slowing)
+
+
+def _detectable(ps: dict) -> float:
+    """The smallest effect detected with power ≥ target; inf when no effect tried reached it or
+    no power was computed (too few points)."""
+    mde = ps.get("mde_effect", math.nan)
+    return float(mde) if np.isfinite(mde) else math.inf
+
+
+def _power(test: str, ps: dict, pw: PowerParams) -> Power:
+    measure, claimed = _effect(TESTS[test][1] == LEVEL, pw)
+    return Power(measure, _detectable(ps), claimed)
 
 
 def _measured(t, ps: dict) -> str:
@@ -59,7 +75,7 @@ def _power_by(a: Analysis) -> dict[tuple[str, str], dict]:
 
 def _test_rows(a: Analysis, p: ReportParams, test: str) -> list[Row]:
     """One row per tested condition of hypothesis test ``test``, judged with the budgets it needs
-    (grokking runs, controls, points before t*, power at the claimed effect)."""
+    (grokking runs, controls, points before t*) and its power at the claimed effect."""
     ew, pw = p.early_warning, p.power
     ps_by = _power_by(a)
     rows = []
@@ -67,9 +83,10 @@ def _test_rows(a: Analysis, p: ReportParams, test: str) -> list[Row]:
         if t.test != test:
             continue
         ps = ps_by.get((t.test, t.tested), {})
-        budgets = _budgets(t, ps, controls_needed(t.n_grok_runs, ew.alpha), ew, pw)
+        budgets = _budgets(t, controls_needed(t.n_grok_runs, ew.alpha), ew)
         rows.append(judged(TEST_CLAIMS[t.test], _measured(t, ps), HOLDS[t.verdict],
-                           f"{t.why} (a series signals when τ > 0 and surrogate p < {ew.alpha:g})", budgets))
+                           f"{t.why} (a series signals when τ > 0 and surrogate p < {ew.alpha:g})", budgets,
+                           _power(t.test, ps, pw)))
     return rows
 
 
@@ -100,19 +117,22 @@ def diagnostic_not_predictive(a: Analysis, p: ReportParams) -> list[Row]:
     spectral = a.tests[a.tests["group"] == "spectral"]
     supported = spectral[spectral["verdict"] == "supported"]
     holds = None if spectral.empty or (spectral["verdict"] == "inconclusive").all() else supported.empty
-    powers = [ps_by.get((t.test, t.tested), {}).get("power_at_claim", math.nan) for t in spectral.itertuples()]
-    weakest = float(np.nanmin(powers)) if np.isfinite(powers).any() else 0.0
-    n_cond = int(spectral["tested"].nunique())
-    budgets = []
-    if holds:  # an absence needs conditions and the power to see a precursor; a precursor found needs neither
-        budgets = [Budget("tested conditions with grokking runs", n_cond, 2),
-                   Budget("least power at the claimed effect over spectral tests", weakest, pw.target)]
+    # the weakest spectral test × condition with a power analysis (those with too few points have none)
+    powered = [ps_by[(t.test, t.tested)] for t in spectral.itertuples() if (t.test, t.tested) in ps_by]
+    weakest = max((_detectable(ps) for ps in powered), default=math.inf)
+    measure, claimed = _effect(False, pw)  # the spectral tests are residual tests
+    # an absence: a supported precursor in one condition already refutes "not predictive", so the
+    # "≥ 2 conditions" budget is what agreeing needs; none found also needs every spectral test able to
+    # see the claimed precursor (the power)
+    budgets = [] if holds is False else [
+        Budget("tested conditions with grokking runs", int(spectral["tested"].nunique()), 2)]
+    power = Power(f"{measure} of the weakest spectral test", weakest, claimed)
     return [judged(
         "grokking_transition.diagnostic_not_predictive",
         f"spectral precursor supported in {len(supported)} of {len(spectral)} test × condition cells "
         f"({', '.join(sorted(set(supported['tested']))) or 'none'})",
         holds, "'not predictive' holds when no spectral early-warning test is supported in any grokking condition",
-        budgets, absence=True)]
+        budgets, power)]
 
 
 # in the order of TESTS: the rows of a.tests come test by test (hypothesis_tests), so the rows keep their order

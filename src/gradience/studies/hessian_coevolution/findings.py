@@ -1,7 +1,10 @@
 """Protocol A of seed 001: one function per claim, its docstring the claim.
 
 Every verdict is :func:`gradience.reporting.judged` on the budgets the claim needs (lag range vs
-the predicted lead, cadence, points per run, runs that reached the edge, surrogates).
+the predicted lead, cadence, points per run, runs that reached the edge), by the claim's registered
+kind. The surrogate tests' resolution is their power (:func:`surrogate_power`): too few surrogates
+make a negative inconclusive, never a positive (a p below the threshold is significant at any number
+of surrogates).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import math
 import pandas as pd
 from scipy.stats import binomtest
 
-from gradience.reporting import Budget, judged, mean_spread
+from gradience.reporting import Budget, Power, judged, mean_spread
 from gradience.studies.hessian_coevolution.analysis import (
     VIEWS,
     Analysis,
@@ -33,10 +36,12 @@ def lag_budgets(ll: LeadLagParams, cadence_every: int) -> list[Budget]:
             Budget("smallest predicted lead in cadence steps", lo / cadence_every, 1)]
 
 
-def surrogate_budget(ll: LeadLagParams, tests: int = 1) -> Budget:
-    """Enough surrogates that the smallest attainable p, 1/(1 + m), is at most half the threshold
-    α/tests (a test that cannot reach p < α cannot find coupling)."""
-    return Budget("surrogates + 1", ll.surrogates + 1, 2 * tests / ll.alpha)
+def surrogate_power(ll: LeadLagParams, tests: int = 1) -> Power:
+    """What a negative needs from the surrogate test: the smallest attainable p, 1/(1 + m), at most
+    half the threshold α/tests (a test that cannot reach p < α cannot find coupling, so its "no
+    coupling" is no negative; a p it does reach below α is significant whatever m)."""
+    return Power(f"surrogate p (1/(1 + {ll.surrogates} surrogates); claimed: half of α/{tests})",
+                 1 / (ll.surrogates + 1), ll.alpha / (2 * tests))
 
 
 def _edge_runs(summary: pd.DataFrame) -> pd.DataFrame:
@@ -65,7 +70,7 @@ def stable_below_edge(a: Analysis, p: ReportParams) -> list[Row]:
         f"{int(diverged(stable).sum())}/{len(stable)} diverged",
         ok, "sharpness on the full training set against 2/η of GD, every step",
         [_per_step(a.runs), Budget("stable steps vs the marginal runs' edge step", a.runs.steps,
-                                   need if math.isfinite(need) else math.inf)], absence=True)]
+                                   need if math.isfinite(need) else math.inf)])]
 
 
 def marginal_at_edge(a: Analysis, p: ReportParams) -> list[Row]:
@@ -111,15 +116,14 @@ def _lead_row(claim: str, view: str, a: Analysis, ll: LeadLagParams) -> Row:
     holds = bool(len(t) and p_binom < ll.alpha and len(lead) > len(lag))
     n_pts = float(t.n.min()) if len(t) else 0.0
     budgets = [Budget("approaching runs at the edge, tested", len(t), ll.min_runs),
-               Budget("points per analysed run (fewest)", n_pts, ll.min_points), *lag_budgets(ll, rp.cadence_every),
-               surrogate_budget(ll)]
+               Budget("points per analysed run (fewest)", n_pts, ll.min_points), *lag_budgets(ll, rp.cadence_every)]
     return judged(
         claim,
         f"{view}, {ll.primary} vs λ_max: weights lead significantly in {len(lead)}/{len(t)} runs at the edge "
         f"(K = {mean_spread(lead.lead_steps)} steps), λ_max leads in {len(lag)}; binomial p {p_binom:.3g} "
         f"vs α per run; all runs: best lag {mean_spread(t.lead_steps)} steps, r {mean_spread(t.best_r)}",
         holds, f"surrogate test per run (α = {ll.alpha}, {ll.surrogates} {ll.surrogate_kind} surrogates), "
-        f"predicted lead {ll.predicted_lead[0]}–{ll.predicted_lead[1]} steps", budgets)
+        f"predicted lead {ll.predicted_lead[0]}–{ll.predicted_lead[1]} steps", budgets, surrogate_power(ll))
 
 
 def weights_lead_hessian(a: Analysis, p: ReportParams) -> list[Row]:
@@ -155,8 +159,8 @@ def spectra_coupled(a: Analysis, p: ReportParams) -> list[Row]:
         f"after Bonferroni (p < {ll.alpha}/{n_pairs}; {by_kind}); residuals: {int(res.sum())}/{len(res)} runs",
         bool(len(coupled) and coupled.sum() > len(coupled) / 2) if len(coupled) else None,
         "falsifier 1 tested on the levels (co-evolution); verdict: most runs coupled",
-        [Budget("runs tested", len(coupled), ll.min_runs), Budget("points per analysed run (fewest)", n_pts, ll.min_points),
-         surrogate_budget(ll, n_pairs)])]
+        [Budget("runs tested", len(coupled), ll.min_runs), Budget("points per analysed run (fewest)", n_pts, ll.min_points)],
+        surrogate_power(ll, n_pairs))]
 
 
 def weights_lead_all_pairs(a: Analysis, p: ReportParams) -> list[Row]:
@@ -174,7 +178,7 @@ def weights_lead_all_pairs(a: Analysis, p: ReportParams) -> list[Row]:
         (wl > len(bonf) / 2) if len(bonf) else None,
         "direction of the majority of significant tests" if len(bonf) else "no pair survives the correction",
         [Budget("approaching runs at the edge, tested", allp.run.nunique(), ll.min_runs),
-         *lag_budgets(ll, a.runs.cadence_every), surrogate_budget(ll, n_pairs)])]
+         *lag_budgets(ll, a.runs.cadence_every)], surrogate_power(ll, n_pairs))]
 
 
 CLAIMS = (stable_below_edge, marginal_at_edge, unstable_diverges, weights_lead_hessian,

@@ -1,6 +1,9 @@
 """Rank survey (Protocol D): one function per claim, its docstring the claim.
 
-Every verdict goes through :func:`gradience.reporting.judged` with the budgets the claim needs.
+Every verdict goes through :func:`gradience.reporting.judged` with the budgets the claim needs; the
+claim's registered kind decides what a short budget blocks (the shape claims are events, the
+agreement and LR-spike claims comparisons, whose negative needs a stated power: none is computed
+here, so it reads "inconclusive").
 A claim "holds in a family" when at least ``holds_fraction`` of its healthy layer × seed
 trajectories satisfy it. Budgets, per family: every healthy run reached the loss plateau; for W
 also ≥ ``holds_fraction`` of the trajectories *moved* (``‖W_T − W₀‖_F / ‖W₀‖_F ≥ move_min``) and

@@ -3,8 +3,10 @@
 Every verdict goes through :func:`gradience.reporting.judged`. An arm comparison (rules 1–7, 10–14)
 is judged per task on the arm table: the rule holds when the arm's mean final test accuracy is at
 least the conventional arm's minus ``acc_tolerance``, with ``min_seeds`` seeds per arm and a
-conventional arm that learned the task as its budgets; an arm of several optimizer rules has no
-claim of its own and no row.
+conventional arm that learned the task as its budgets, and as its power (what a negative needs) the
+smallest gap the seeds could tell from noise, ``Z_DETECT`` standard errors of the difference of the two
+means (from the arm table's sd and n), against ``acc_tolerance``; an arm of several optimizer rules
+has no claim of its own and no row.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from gradience.reporting import Budget, judged, mean_spread
+from gradience.reporting import Budget, Power, judged, mean_spread
 from gradience.studies.rosetta.analysis import Analysis, ReportParams, learned_needed
 from gradience.studies.rosetta.runs import CONVENTIONAL
 
@@ -28,6 +30,10 @@ BUDGET_CLAIM = "rosetta.lora_budget_held"
 STOP_CLAIM = "rosetta.early_stopping"
 BATCH_CLAIM = "rosetta.critical_batch"
 
+#: standard errors of the difference of the arm means a gap must exceed to be told from seed noise
+#: (the study's 2-SE convention, as in :func:`learned_needed`)
+Z_DETECT = 2.0
+
 #: the chosen values a Findings row shows for each rule
 SHOWN = {"mass": ("eta_step",), "adam_epsilon": ("adam_eps",), "decay": ("weight_decay",),
          "rank": ("lora_rank",), "scale": ("lora_scale",), "dropout": ("lora_dropout",), "targets": ("n_targets",)}
@@ -37,6 +43,16 @@ def _budgets(arm: pd.Series, conv: pd.Series, p: ReportParams, summary: pd.DataF
     return [Budget(f"seeds per arm (fewest of the two, {arm.task})", float(min(arm.runs, conv.runs)), p.min_seeds),
             Budget(f"conventional {arm.task} test accuracy (the task is learned)", float(conv.acc_mean),
                    learned_needed(summary, arm.task, p))]
+
+
+def _power(arm: pd.Series, conv: pd.Series, p: ReportParams) -> Power:
+    """The smallest accuracy gap the seeds could detect, ``Z_DETECT``·√(sd²/n + sd_conv²/n_conv) from the
+    arm table, against the tolerance the rule is held to (NaN, i.e. unknown, with fewer than 2 finite
+    accuracies in either arm)."""
+    n, nc = int(arm.n), int(conv.n)
+    se = math.sqrt(arm.acc_sd ** 2 / n + conv.acc_sd ** 2 / nc) if n and nc else math.nan
+    return Power(f"test-accuracy gap at n {n} vs {nc} ({Z_DETECT:g}·SE of the difference of means)",
+                 Z_DETECT * se, p.acc_tolerance)
 
 
 def _value_text(a: Analysis, task: str, arm: str, rules: list[str]) -> str:
@@ -77,7 +93,7 @@ def _comparisons(a: Analysis, p: ReportParams, claims: set[str]) -> list[Row]:
             f"{int(arm.diverged)} diverged; "
             f"chosen: {_value_text(a, arm.task, arm.arm, rule_list) or '—'}{tuned}",
             holds, f"holds when the arm's mean test accuracy ≥ conventional − {p.acc_tolerance}",
-            _budgets(arm, conv, p, a.summary), absence=True))
+            _budgets(arm, conv, p, a.summary), _power(arm, conv, p)))
     return rows
 
 
@@ -127,7 +143,7 @@ def early_stopping(a: Analysis, p: ReportParams) -> list[Row]:
                    holds, "holds when the rule fires and stopping there loses ≤ acc_tolerance test accuracy "
                    "(budget part not applicable: no base weight)",
                    [Budget("conventional runs that learned their task (a point to stop at exists)",
-                           int(learned.sum()), p.min_seeds)], absence=False)]
+                           int(learned.sum()), p.min_seeds)])]
 
 
 def critical_batch(a: Analysis, p: ReportParams) -> list[Row]:

@@ -1,13 +1,16 @@
 """Spectral edge: one function per claim, its docstring the claim.
 
-Budgets (:func:`gradience.reporting.judged`; short of one the verdict is "not comparable", never "not
+Budgets (:func:`gradience.reporting.judge`, by the claim's registered kind: an event the runs show is
+"reproduced" whatever the budget; else short of one the verdict is "not comparable", never "not
 reproduced"): seeds that fit, steps after the fit, the decay clock lr·λ·(steps after the fit) ≥
 ``min_decay_clock`` (decay alone shrinks θ by exp(−clock)), a grokking delay (test-fit step ÷
 train-fit step ≥ ``min_grok_delay``), for the removal claim the clock up to the removal, steps after it
 and linear-probe headroom, for the claims that contrast grokked and memorised models a λ = 0 control
 that memorises, and for the classes both tasks. A claim made for both tasks is judged on each task's
 own runs and budgets (:func:`_per_task`). Controls: the removal arm against the same seeds with the
-decay kept; the edge's depth response against a random direction's.
+decay kept; the edge's depth response against a random direction's. No claim here computes the power
+of its test (the smallest effect its seeds could detect), so a comparison that fails with every budget
+met reads "inconclusive" (a negative needs stated power), not "not reproduced".
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from gradience.reporting import Budget, finding, judge, judged, mean_spread
+from gradience.reporting import Budget, claim_kind, finding, judge, judged, mean_spread
 from gradience.studies.spectral_edge.analysis import Analysis, ReportParams
 from gradience.studies.spectral_edge.runs import TASKS, condition_name
 
@@ -73,13 +76,16 @@ def _dyck(a: Analysis, p: ReportParams) -> tuple[pd.DataFrame, list[Budget], Bud
 
 
 def _per_task(claim_id: str, results: dict[str, TaskResult], why: str) -> Row:
-    """One Findings row for a claim made for every task: each task judged on its own runs and budgets; the row
-    is "not reproduced" when any task is, "reproduced" when every task is, else "not comparable" (or
-    "inconclusive" when no task could be judged). The measured text gives each task's verdict."""
-    verdicts = {t: judge(h, b) for t, (h, _, b) in results.items()}
+    """One Findings row for a claim made for every task: each task judged on its own runs and budgets (the
+    claim's kind, :func:`judge`); the row is "not reproduced" when any task is, "reproduced" when every task
+    is, else "not comparable" when a task is short of budget, else "inconclusive" (a task with nothing to
+    judge, or a comparison's negative without the power to see the claimed effect, beside tasks that
+    reproduce it: no budget is short, so "not comparable" would misname it). The measured text gives each
+    task's verdict."""
+    verdicts = {t: judge(h, b, claim_kind(claim_id)) for t, (h, _, b) in results.items()}
     got = {v for v, _ in verdicts.values()}
     verdict = ("not reproduced" if "not reproduced" in got else "reproduced" if got == {"reproduced"}
-               else "inconclusive" if got <= {"inconclusive"} else "not comparable")
+               else "not comparable" if "not comparable" in got else "inconclusive")
     measured = "; ".join(f"{TASK_LABEL[t]}: {text} ({verdicts[t][0]})" for t, (_, text, _) in results.items())
     budgets = "; ".join(verdicts[t][1] for t in results if verdicts[t][1])  # budget names carry the task
     return finding(claim_id, measured, verdict, "; ".join(x for x in (why, budgets) if x))
