@@ -160,8 +160,9 @@ results.alerts.T
 # "reproduced" on any clock; every other answer needs every budget the claim names (the lr·wd·steps
 # clock, seeds, steps past the transition, the controls), else "not comparable" — so "does not grok"
 # and the weight-decay contrast are judged only at full clock. A comparison's negative (κ ordering,
-# the alerts) also needs stated power, which these runs do not compute: it reads "inconclusive". The reason names each budget. The seed column comes from the repository's
-# claim registry. `write_report` also writes `metrics.json` and the curves for `dvc plots`.
+# the alerts) also needs stated power, which these runs do not compute: it reads "inconclusive". The
+# reason names each budget. The seed column comes from the repository's claim registry.
+# `write_report` also writes `metrics.json` and the curves for `dvc plots`.
 
 # %%
 table = notebook.write_report(stage, results, P, out_dir)

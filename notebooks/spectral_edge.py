@@ -52,7 +52,8 @@
 # against a λ = 0 control that memorises (attention at initialisation is near uniform too); the
 # depth-basis Fourier claim against a random direction. A claim made for both tasks is judged on each
 # task's own runs and budgets (the Findings row gives each task's verdict): it is "reproduced" only
-# when both are, "not reproduced" when either is.
+# when both are, "not reproduced" when either is, "not comparable" when a task is short of budget,
+# and otherwise "inconclusive".
 #
 # **Free choices and how the default profile is smaller than the seed** (marked as such): the models
 # are smaller (Dyck-1 d_model 64; SCAN d_model 64, one encoder and one decoder layer, ≈ 0.12 M

@@ -188,6 +188,10 @@ def test_findings_verdicts_on_synthetic_tables():
     assert by_claim["rosetta.lr_mass"]["verdict"] == "inconclusive"
     assert "too little power for a negative" in by_claim["rosetta.lr_mass"]["why"]
     assert by_claim["rosetta.weight_decay"]["verdict"] == "reproduced"
+    # every arm run diverged: the arm lost the task outright, a negative that needs no spread to see
+    gone = rs.analyse(_synthetic({"conventional": [0.98, 0.97, 0.98], "mass": [math.nan] * 3}), P)
+    row = {r["id"]: r for r in rs_findings.findings(gone, P)}["rosetta.lr_mass"]
+    assert row["verdict"] == "not reproduced" and "all 3 arm runs diverged" in row["why"], row
     curves = rs.curves(a, P)
     assert set(curves.curve) == {f"test_acc_digits_{arm}" for arm in ("conventional", "decay", "mass", "adam_epsilon")}
 

@@ -48,8 +48,12 @@ def _budgets(arm: pd.Series, conv: pd.Series, p: ReportParams, summary: pd.DataF
 def _power(arm: pd.Series, conv: pd.Series, p: ReportParams) -> Power:
     """The smallest accuracy gap the seeds could detect, ``Z_DETECT``·√(sd²/n + sd_conv²/n_conv) from the
     arm table, against the tolerance the rule is held to (NaN, i.e. unknown, with fewer than 2 finite
-    accuracies in either arm)."""
+    accuracies in either arm). An arm whose every run diverged lost the task outright: a loss of any
+    size shows, so its detectable gap is 0."""
     n, nc = int(arm.n), int(conv.n)
+    if n == 0 and int(arm.diverged) >= int(arm.runs) > 0:
+        return Power(f"test-accuracy gap (all {int(arm.runs)} arm runs diverged: any loss shows)", 0.0,
+                     p.acc_tolerance)
     se = math.sqrt(arm.acc_sd ** 2 / n + conv.acc_sd ** 2 / nc) if n and nc else math.nan
     return Power(f"test-accuracy gap at n {n} vs {nc} ({Z_DETECT:g}·SE of the difference of means)",
                  Z_DETECT * se, p.acc_tolerance)
