@@ -41,9 +41,10 @@ data: setup
 lint: setup
 	ruff check src tests notebooks benchmarks
 
-# .jupyter/ (JUPYTER_CONFIG_PATH) makes JupyterLab open notebooks/*.py as notebooks by default.
+# .jupyter/ (JUPYTER_CONFIG_PATH) makes JupyterLab open notebooks/*.py as notebooks by default; it opens
+# at the repository root, so the executed notebooks in reports/ and the sources in notebooks/ are both there.
 lab: setup
-	JUPYTER_CONFIG_PATH=$(CURDIR)/.jupyter jupyter lab notebooks/
+	JUPYTER_CONFIG_PATH=$(CURDIR)/.jupyter jupyter lab --notebook-dir=$(CURDIR)
 
 bench: setup
 	python benchmarks/telemetry_overhead.py

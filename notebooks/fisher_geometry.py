@@ -18,9 +18,13 @@
 # maintains Fisher–weight spectral alignment above a threshold T"; falsifier 3: "Fisher and weight
 # spectra are unrelated in practice".
 #
-# **Protocol.** The character-level Llama LM of Protocol A, trained by full-batch GD in a *stable*
-# regime (small η, clipping) and an *unstable* one (η ramped far past the edge 2/λ_max until the run
-# diverges). Every `cadence_every` steps, on a fixed measurement batch (the training windows; one
+# **Protocol.** The character-level Llama LM of Protocol A, trained by full-batch GD in three arms:
+# *unstable* (η ramped far past the edge 2/λ_max until the run diverges), *fast_stable* (the same
+# ramp, with η capped at `edge_cap`·2/λ_max(θ_t), λ_max tracked at every cadence step, so the run stays
+# below the edge) and the slow *stable* arm (small η, clipping; fewer seeds, shown for context). The
+# comparisons are judged between `fast_stable` and `unstable` (`analysis.reference`): the two share
+# their η schedule up to the edge, so a difference is not just small η against large η. λ_max is
+# tracked in both ramped arms. Every `cadence_every` steps, on a fixed measurement batch (the training windows; one
 # sample = one window), the probe forms all per-sample gradients G (`torch.func.vmap`) and measures
 # the **empirical** Fisher (observed labels) and the **sampled ("true")** Fisher (labels drawn from
 # the model), F = GᵀG/n, through their n × n Gram matrix.
@@ -35,9 +39,17 @@
 #   each weight matrix's top singular pair {u₁v₁ᵀ}, divided by the same share for the same F with
 #   the *initial* weights W₀'s singular pairs: A = 1 at step 0 by construction, and A > 1 means the
 #   Fisher concentrates in what the weights have learned, beyond what any network has at init.
-# - *Matched loss.* Regimes are compared where each run's train loss first reaches L*
-#   (`analysis.matched_loss`); the H3 statistic is min A over the same loss range in every run,
-#   from `analysis.start_loss` down to L*.
+# - *Matched loss, on a fixed loss grid.* Every run is read at the same `analysis.grid_points` loss
+#   levels from `analysis.start_loss` down to L* (`analysis.matched_loss`): at each level, the first
+#   passage of the training loss below it, interpolated between the two cadence points around it.
+#   Every run so has the same number of points in the window, however fast it falls (a minimum over
+#   many raw points of a slow run against one over two of a fast run would be biased). The H3
+#   statistic is min A over the grid; "at L*" values are the grid's last level.
+# - *Falsifier 3 against a cross-seed null.* A over W₀ cannot fail: W_t − W₀ is written by the very
+#   gradients whose span F is. At L*, the runs store F's top eigenvectors and their weights; the
+#   share of F_i in the top singular subspaces of its own weights W_i is ranked among the shares of
+#   F_i in the weights W_j of the other seeds of the same regime at the same loss. Were the Fisher
+#   unrelated to its own weights, the rank would be uniform.
 # - *H3 threshold on held-out seeds.* T is chosen on `analysis.calibration_seeds` (best balanced
 #   accuracy separating stable from unstable min A) and scored on the other seeds.
 
@@ -76,7 +88,7 @@ print(f"Fisher kinds {R.fisher.kinds}; verdicts use the {A.kind!r} Fisher, NG al
 results = fg.analyse(ctx.tables, P)
 series, summary, coupling = results.series, results.summary, results.coupling
 live = series.dropna(subset=["fisher_top1"])
-cols = ["regime", "seed", "lr", "outcome", "diverged_at", "cpu_seconds", "matched_step", "share_min", "overlap_min",
+cols = ["regime", "seed", "lr", "outcome", "diverged_at", "cpu_seconds", "matched_step", "n_points", "share_min", "overlap_min",
         "ng_alignment_at_match", "span_fraction_at_match", "fisher_eff_dim_at_match", "eff_dim_min"]
 summary[cols].round(3)
 
@@ -95,6 +107,24 @@ sns.lineplot(data=series, x="step", y="lr", hue="regime", units="seed", estimato
 axes[1].set(title="Learning rate η", ylabel="η", yscale="log")
 fig.tight_layout()
 plots.save(fig, out_dir, "training")
+
+# %% [markdown]
+# ## λ_max and the edge of stability in the ramped arms
+# Left: λ_max of the training-set Hessian, tracked at every cadence step in the ramped arms. Right:
+# η·λ_max/2 (1 = the edge of stability for GD, dashed). The capped arm's η uses the λ_max of the
+# previous measurement, so sharpening between two cadence steps can carry it briefly past its cap.
+
+# %%
+tracked = series.dropna(subset=["lambda_max"]) if "lambda_max" in series else series.iloc[:0]
+if len(tracked):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    sns.lineplot(data=tracked, x="step", y="lambda_max", hue="regime", units="seed", estimator=None, ax=axes[0], lw=1)
+    axes[0].set(title="λ_max(H)", yscale="log")
+    sns.lineplot(data=tracked, x="step", y="edge_ratio", hue="regime", units="seed", estimator=None, ax=axes[1], lw=1)
+    axes[1].axhline(1.0, ls="--", c="grey", lw=1)
+    axes[1].set(title="η·λ_max/2", yscale="log")
+    fig.tight_layout()
+    plots.save(fig, out_dir, "sharpness")
 
 # %% [markdown]
 # ## The Fisher spectrum: top eigenvalues, and its shape
@@ -175,9 +205,28 @@ ax.set(xscale="log", title="Per matrix: tr F share in W's top subspace / in W₀
 plots.save(fig, out_dir, "fisher_share_per_matrix")
 
 # %% [markdown]
+# ## Falsifier 3: the Fisher of one seed against the weights of another
+# At L*, the share of each run's (top-k) Fisher inside the top singular subspaces of its own weights
+# (large dots) and of the weights of every other seed of the same regime (small dots). The verdict
+# ranks the own share among the others (a mean rank fraction of 0.5 is the null).
+
+# %%
+cross = results.cross_seed
+if len(cross):
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    sns.stripplot(data=cross[~cross.own], x="run", y="share", color="grey", size=3, ax=ax, jitter=0.15, legend=False)
+    sns.stripplot(data=cross[cross.own], x="run", y="share", hue="regime", size=8, ax=ax, jitter=False)
+    ax.set(yscale="log", title="share of F_i in W_j's top subspaces (large: j = i)", xlabel="")
+    ax.tick_params(axis="x", rotation=60, labelsize=7)
+    fig.tight_layout()
+    plots.save(fig, out_dir, "cross_seed")
+results.cross_test
+
+# %% [markdown]
 # ### The held-out H3 test, and its sensitivity to the matched level
-# T from the calibration seeds; accuracy = mean of (held-out stable runs above T) and (held-out
-# unstable runs at or below T). The verdict uses L* = `analysis.matched_loss`; the other rows move it.
+# T from the calibration seeds (reference arm against the unstable one, min A over the loss grid);
+# accuracy = mean of (held-out stable runs above T) and (held-out unstable runs at or below T). The
+# verdict uses L* = `analysis.matched_loss`; the other rows move it.
 
 # %%
 results.sensitivity.round(3)
@@ -194,8 +243,9 @@ coupling[["regime", "seed", "weight_metric", "fisher_metric", "n", "best_lag", "
 # %% [markdown]
 # ## Findings vs the seed
 # Verdicts are computed by `gradience.studies.fisher_geometry.findings` from the runs above and
-# judged against the budgets each needs (runs at L*, held-out seeds, diverged unstable runs, runs per
-# regime for the test); the seed column comes from the repository's claim registry. `write_report`
+# judged against the budgets each needs (compared runs at L*, held-out seeds, diverged unstable runs,
+# runs with stored vectors); the regime comparisons are `analysis.reference` against `unstable`, the
+# slow arm's values stated beside them. The seed column comes from the repository's claim registry. `write_report`
 # also writes `metrics.json` and the curves for `dvc plots`.
 #
 # Each claim's kind (event, comparison or absence, in the registry) sets what the verdict needs: an

@@ -17,24 +17,31 @@
 # steps → raise weight decay; κ_recovery < 2 → "may be stuck") flag the runs that fail?
 #
 # **Protocol.** `a ∘ b mod 97`, a random 40 % train split of all pairs, AdamW (β = 0.9, 0.98),
-# the small MLP (embed 64, hidden 160). The seed's three conditions (multiplication wd 0.1;
-# addition wd 0.01; addition wd 0.1) and the controls: addition wd 1 (should grok), addition wd 0
-# (should not), multiplication vs addition at equal weight decay (0.1), addition wd 0.03 run to
-# about where it groks (a condition whose outcome may be mixed across seeds), and random labels at
-# wd 1 (memorisable, never generalisable). Four seeds; seeds 0–1 calibrate the alert thresholds,
-# seeds 2–3 score them.
+# the small MLP (embed 64, hidden 160). Two parts:
+#
+# 1. *The seed's conditions*, each on its own clock (two seeds each): multiplication wd 0.1,
+#    addition wd 0.01 run to lr·wd·steps 10 (100k steps) and addition wd 0.1 to 30 (so κ after its
+#    grok can be seen); controls: addition wd 0 (should not grok) and random labels at wd 1
+#    (memorisable, never generalisable).
+# 2. *The outcome condition* (`outcome_condition`, addition wd 1, 24 seeds), where only the outcome
+#    varies: a fixed clock C (`outcome_clock`, chosen by a pilot on seeds that are not scored) at
+#    which about half the seeds have grokked. Each run goes to 2C; as training is deterministic per
+#    seed, the run to C is a prefix of it, so the outcome is "grokked by C" and the rest of the run
+#    confirms each non-grokker (late grokker, or not by 2C). The seed's predictions — κ divergence
+#    early, the growth rule, κ_recovery, and effective-rank compression — are read on [0, C] only
+#    and scored by AUC on the seeds not in `calibration_seeds`, thresholds and probe step chosen on
+#    the calibration seeds. Each AUC carries its one-sided Mann–Whitney p-value and the smallest
+#    AUC the held-out counts could detect (α 0.05, power 0.8) beside the separation the claim needs.
 #
 # **The clock.** Weight decay pulls the weights by a factor (1 − lr·wd) per step, so runs are
-# compared on lr·wd·steps. The wd 0.1 conditions run to lr·wd·steps = 10 (the wd 1 control groks
-# near 5 on this clock); addition wd 0.01 reaches only 1 at the same 10k steps, so its
-# "does not grok" is *not comparable* (it would need 100k steps): that is expected.
+# compared on lr·wd·steps.
 #
 # **Free choices** (the seed does not fix them; all measured or stated in
-# `gradience.studies.grokking`): lr 1e-2 (10k steps reach the clock of 10; checked to grok like
-# lr 3e-3), mini-batch 256 (the cheapest step measured, `benchmarks/grokking_cost.py`), no warm-up,
-# width 64/160, train fraction 0.4, cadence every 100 steps plus 20 log-spaced points.
-# κ "at 10k" is read on the seed's *relative* clock: 10k/33.5k of the multiplication run's
-# measured grok step (that seed's own, or the median); the growth rule's "first 5k steps" likewise.
+# `gradience.studies.grokking.runs`): lr 1e-2, mini-batch 256 (the cheapest step measured,
+# `benchmarks/grokking_cost.py`), no warm-up, width 64/160, train fraction 0.4, each condition's
+# cadence. κ "at 10k" is read on the seed's *relative* clock: 10k/33.5k of a measured grok step
+# (the multiplication run's for the seed's conditions; the calibration seeds' median in the outcome
+# condition); the growth rule's "first 5k steps" likewise.
 
 # %% tags=["parameters"]
 stage = "grokking"
@@ -133,25 +140,40 @@ fig.tight_layout()
 plots.save(fig, out_dir, "kappa_recovery_and_rank")
 
 # %% [markdown]
-# ## The seed's monitoring rules, calibrated and scored on held-out seeds
-# Each alert predicts "will not grok". The growth score is κ(window end)/κ(0) with the window the
-# relative 5k/33.5k; the stuck score is κ_recovery, "peak near end" read as 1 (no recovery). Each
-# rule is scored at the seed's threshold on every run, and at a threshold chosen on the calibration
-# seeds (max hit rate − false-alarm rate) on the held-out seeds, with the held-out AUC.
+# ## Inside the outcome condition: the predictions scored on held-out seeds
+# Each predictor is read on the window [0, C] of each run: κ at the probe step, the growth
+# κ(growth step)/κ(0), κ_recovery on the window ("peak near end" read as 1: κ never came down) and
+# the mean effective rank at C. Each is a predictor of "not grokked by C"; the threshold is chosen
+# on the calibration seeds (max hit rate − false-alarm rate) and scored on the others, with the
+# AUC, its p-value and the smallest detectable AUC at the held-out counts.
 
 # %%
-summary["set"] = summary.seed.isin(P.calibration_seeds).map({True: "calibration", False: "held out"})
-fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-alerts = results.alerts.set_index("rule")
-for ax, (rule, (col, _)) in zip(axes, grokking.RULES.items(), strict=True):
-    sns.stripplot(data=summary, x="set", y=col, hue="grokked", ax=ax, size=7, jitter=0.2, dodge=True)
-    ax.axhline(alerts.loc[rule, "seed_threshold"], ls="--", c="grey", lw=1, label="seed threshold")
-    ax.axhline(alerts.loc[rule, "calibrated_threshold"], ls=":", c="k", lw=1, label="calibrated")
-    ax.set(yscale="log", title=f"{rule}: held-out AUC {alerts.loc[rule, 'held_out_auc']:.2f}", ylabel=col)
-    ax.legend(fontsize=8)
-fig.tight_layout()
-plots.save(fig, out_dir, "alert_scoring")
-results.alerts.T
+o = results.outcome
+if len(o):
+    print(f"{P.outcome_condition}: C = {P.outcome_clock:g}; grokked by C {int(o.grokked_by_C.sum())}/{len(o)}, "
+          f"by 2C {int(o.grokked_by_2C.sum())}/{len(o)}; probe step {o.probe_step.iloc[0]:,.0f}, "
+          f"growth step {o.growth_step.iloc[0]:,.0f}")
+    o = o.assign(set=o.held_out.map({True: "held out", False: "calibration"}),
+                 outcome=o.grokked_by_C.map({True: "grokked by C", False: "not by C"}))
+    fig, axes = plt.subplots(1, len(grokking.PREDICTORS), figsize=(4 * len(grokking.PREDICTORS), 4))
+    for ax, (name, (col, _, _)) in zip(axes, grokking.PREDICTORS.items(), strict=True):
+        r = results.predictors.loc[name]
+        sns.stripplot(data=o, x="set", y=col, hue="outcome", ax=ax, size=6, jitter=0.2, dodge=True)
+        if r["calibrated_threshold"] == r["calibrated_threshold"]:
+            ax.axhline(r["calibrated_threshold"], ls=":", c="k", lw=1, label="calibrated")
+        ax.set(title=f"{name}: AUC {r['held_out_auc']:.2f} (detectable {r['detectable_auc']:.2f})", ylabel=col)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    plots.save(fig, out_dir, "outcome_predictors")
+    cur = model[model.condition == P.outcome_condition].merge(o[["run", "outcome"]], on="run")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, metric in zip(axes, ["test_acc", "kappa", "effective_rank"], strict=True):
+        sns.lineplot(data=cur, x="step", y=metric, hue="outcome", units="run", estimator=None, lw=0.8, ax=ax)
+        ax.axvline(o.clock_steps.iloc[0], ls="--", c="grey", lw=1)
+        ax.set(title=f"{metric} in {P.outcome_condition} (dashed: C)", yscale="log" if metric == "kappa" else "linear")
+    fig.tight_layout()
+    plots.save(fig, out_dir, "outcome_curves")
+results.predictors.T
 
 # %% [markdown]
 # ## Findings vs the seed
@@ -159,8 +181,10 @@ results.alerts.T
 # `gradience.reporting.judged` with the claim's kind from the registry: a grok the runs show is
 # "reproduced" on any clock; every other answer needs every budget the claim names (the lr·wd·steps
 # clock, seeds, steps past the transition, the controls), else "not comparable" — so "does not grok"
-# and the weight-decay contrast are judged only at full clock. A comparison's negative (κ ordering,
-# the alerts) also needs stated power, which these runs do not compute: it reads "inconclusive". The
+# and the weight-decay contrast are judged only at full clock. A comparison's negative also needs
+# power: the κ ordering states the smallest κ ratio its paired t-test detects, the predictors the
+# smallest held-out AUC; a negative from runs that could not see the claimed effect reads
+# "inconclusive". Every row scored inside the outcome condition carries the same budget set. The
 # reason names each budget. The seed column comes from the repository's claim registry.
 # `write_report` also writes `metrics.json` and the curves for `dvc plots`.
 

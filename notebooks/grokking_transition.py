@@ -16,28 +16,30 @@
 # variance in gradients"; its falsifier is "no detectable precursors to phase transitions". Seed 000
 # concluded that spectral metrics are *diagnostic, not predictive*.
 #
-# **Protocol.** Modular arithmetic mod 97 (addition and multiplication), the grokking stage's MLP,
-# AdamW, **mini-batch** training (so that there are fluctuations to slow down), dense telemetry at a
-# fixed cadence: train/test loss and accuracy, spectral metrics of every weight matrix, mini-batch
-# gradient norm and loss, cosine between measured gradients, and the gradient covariance trace
-# tr Σ of per-example gradients (with B_simple = tr Σ / ‖G‖²). **Every** grokking condition is
-# tested on its own, each against the same non-grokking reference (weight decay 0, both operations),
-# analysed over the same steps as the condition's grokking runs of the same seed. Per series in the
-# pre-transition window [memorisation, t*): the residual statistics (rolling variance, lag-1
-# autocorrelation, integrated autocorrelation time of the detrended series; Kendall τ of their
-# trend against phase-randomised surrogates) and, for tr Σ, the **level** itself (Kendall τ of
-# log tr Σ against time, against surrogates of its linearly detrended fluctuations). Beside every
-# verdict, the **power**: how often the same test detects a critical slowing down (or a tr Σ rise)
-# of stated size injected into series of the same length and noise. Definitions, free choices and
-# the verdict rule: `gradience.studies.grokking_transition` (`runs`, `analysis`, `early_warning`,
-# `hypothesis_tests`).
+# **Protocol.** Modular arithmetic mod 97 (addition), the grokking stage's MLP, AdamW, **mini-batch**
+# training (so that there are fluctuations to slow down), telemetry at a fixed cadence: train/test
+# loss and accuracy, spectral metrics of every weight matrix, mini-batch gradient norm and loss,
+# cosine between measured gradients, and the gradient covariance trace tr Σ of per-example
+# gradients. One run's residuals are autocorrelated at any cadence, so a trend test on one run has
+# little power; the verdicts therefore read an **ensemble**: many seeds of one fast-grokking
+# condition, each **aligned on its own transition t*** and paired with the non-grokking reference
+# run of the same seed (weight decay 0, same data split and initialisation) **at the same steps**.
+# At each aligned time before t*, the variance and the lag-1 autocorrelation are taken **across
+# seeds** (after removing the ensemble mean); their trend towards t* (Kendall τ) in the grokking
+# ensemble is contrasted with the references' (Δτ, bootstrap over pairs). Beside every verdict,
+# the **power**: how often the same test, on simulated ensembles of the same size and noise (AR(1)
+# at the measured residual autocorrelation), detects a critical slowing down of stated size. The
+# **level** of tr Σ is compared between grokking and reference runs at the same steps, and its
+# direction before t* tested, with the analytic power of that t test. The per-run analyses of
+# earlier versions (residual statistics of each run against surrogates) are kept below as a
+# descriptive view on the first seeds; they are not verdicts. Definitions, free choices and the
+# verdict rule: `gradience.studies.grokking_transition` (`runs`, `ensemble`, `analysis`, `findings`).
 #
 # **Free choices the seed does not fix** (stated here and in the modules' docstrings): lr, batch size,
-# train fraction, the conditions (weight decay 0.1 for both operations — the seed's value — and
-# 0.3 for addition, a faster grokker), the cadence, the 1,024 examples evaluated per point, the 128
-# examples of the tr Σ subsample, the stop rule (a grokking run stops `stop.hold_steps` after it
-# groks), and the claimed effect sizes of the power analysis (`power.claimed_slowing`,
-# `power.claimed_rise`).
+# train fraction, the ensemble condition (addition at weight decay 0.3, which groks fast), the
+# number of seeds, the cadence, the aligned window (`ensemble.points` cadence points before t*), the
+# 1,024 examples evaluated per point, the 128 examples of the tr Σ subsample, the stop rules, and
+# the claimed effect sizes of the power analysis (`power.claimed_slowing`, `power.claimed_rise`).
 
 # %% tags=["parameters"]
 stage = "grokking_transition"
@@ -60,10 +62,11 @@ ctx = notebook.open_report(stage, report, out_dir)
 P, R, out_dir = ctx.params, ctx.tables.params, ctx.out_dir
 plots.set_theme()
 names = [c.name for c in R.conditions]
-EW, PW = P.early_warning, P.power
+EW, PW, EN = P.early_warning, P.power, P.ensemble
 print(f"profile={R.profile}  lr={R.lr:g}  batch={R.batch_size}  cap={R.steps:,} steps  cadence every "
       f"{R.cadence_every}  seeds={R.seeds}  tr Σ subsample={R.gradients.noise_examples}  surrogates="
-      f"{EW.n_surrogates} ({EW.surrogate})  power sims={PW.n_sims}")
+      f"{EW.n_surrogates} ({EW.surrogate})  power sims={PW.n_sims}  ensemble window={EN.points} points, "
+      f"bootstrap={EN.n_boot}, simulated ensembles={EN.n_sims}")
 
 # %% [markdown]
 # ## The runs, their cost, and their transitions
@@ -80,8 +83,86 @@ print(f"training CPU: {tr.cpu_seconds.sum():.0f} s over {len(tr)} runs "
       f"(≈ {tr.cpu_seconds.sum() / 2 / 60:.1f} min wall on 2 workers)")
 
 # %% [markdown]
-# The analysis units: each grokking run over its own window, each reference run once per tested
-# condition over that condition's window (same seed).
+# ## The ensemble: pairs aligned on the transition
+# One row per seed of the ensemble condition with a transition: its onset t*, the later of the two
+# memorisation steps, and whether the pair is analysed (the window of `ensemble.points` cadence
+# points before t* must start after memorisation and every value be present in both runs).
+
+# %%
+pairs = results.ensemble_pairs
+display(pairs)
+print(f"{int(pairs.kept.sum()) if len(pairs) else 0} pairs analysed (verdicts need ≥ {EN.min_pairs})")
+
+# %% [markdown]
+# ## Ensemble indicators against time to the transition
+# For every series of a test: the indicator across seeds at each aligned time (x: cadence points
+# before t*), grokking ensemble vs the references at the same steps. Critical slowing down predicts
+# a rise towards t* in the grokking ensemble and not in the references.
+
+# %%
+ec = results.ensemble_curves
+if ec is not None and len(ec):
+    ec = ec.assign(series=ec.scope.str.replace(".weight", "", regex=False) + ":" + ec.metric)
+    g = sns.relplot(data=ec, x="k", y="value", hue="role", col="test", units="series", estimator=None, kind="line",
+                    lw=0.7, alpha=0.7, height=3, aspect=1.2, facet_kws={"sharey": False})
+    for ax, test in zip(g.axes.flat, g.col_names, strict=True):
+        ax.set(yscale="linear" if test == "lag1_autocorrelation" else "log", xlabel="cadence points before t*")
+    g.figure.suptitle("Across-seed indicators, aligned on each seed's transition (one line per series)", y=1.04)
+    plots.save(g.figure, out_dir, "ensemble_indicators")
+
+# %% [markdown]
+# ## The ensemble tests and their power
+# Per test: the mean Kendall τ over its series in the grokking ensemble and in the references,
+# Δτ with its 90% bootstrap interval and one-sided p (pairs resampled). Power: the same test on
+# simulated pairs whose AR(1) coefficient covers a share *s* of its distance to 1 by t* (x axis),
+# the references' constant, at the measured residual lag-1 autocorrelation; dashed line: the
+# target power, star: the claimed slowing.
+
+# %%
+display(results.ensemble_tests.round(3))
+epw = results.ensemble_power
+if len(epw):
+    g = sns.relplot(data=epw, x="effect", y="power", hue="tested", col="test", kind="line", marker="o",
+                    height=3, aspect=1.1)
+    for ax, test in zip(g.axes.flat, g.col_names, strict=True):
+        ax.axhline(PW.target, ls="--", c="grey", lw=1)
+        claimed = epw[(epw.test == test) & epw.claimed]
+        ax.scatter(claimed.effect, claimed.power, marker="*", s=120, c="k", zorder=3)
+        ax.set(xlabel="slowing s (AR coefficient: share of the way to 1)", ylim=(0, 1))
+    g.figure.suptitle("Power of each ensemble test against a slowing of known size", y=1.04)
+    plots.save(g.figure, out_dir, "ensemble_power")
+
+# %% [markdown]
+# ## The level of tr Σ, grokking vs reference at the same steps
+# log10 tr Σ over the aligned window, every pair (grokking run and its reference at the same
+# steps). The table: the level ratio (mean over the window), the grokking runs' own change (last
+# minus first `level_fraction` of the window) with t tests both ways, and the change relative to
+# the reference.
+
+# %%
+display(results.ensemble_level.round(4))
+kept = pairs[pairs.kept] if len(pairs) else pairs
+trace_all = tele[(tele.scope == "model") & (tele.metric == EN.level_metric)]
+frames = []
+for r in kept.itertuples():
+    steps = r.t_onset - R.cadence_every * np.arange(EN.points, 0, -1)
+    for run, kind in ((r.run, "grokking run"), (r.ref, "reference")):
+        s = trace_all[(trace_all.run == run) & trace_all.step.isin(steps)]
+        frames.append(pd.DataFrame({"pair": r.run, "kind": kind, "steps before t*": s.step - r.t_onset,
+                                    "log10 tr Σ": np.log10(s.value)}))
+if frames:
+    lv = pd.concat(frames, ignore_index=True)
+    g = sns.relplot(data=lv, x="steps before t*", y="log10 tr Σ", hue="kind", units="pair", estimator=None,
+                    kind="line", lw=0.6, alpha=0.7, height=3.2, aspect=1.6)
+    g.figure.suptitle("Gradient covariance trace before the transition, grokking vs reference", y=1.03)
+    plots.save(g.figure, out_dir, "noise_trace_ensemble")
+
+# %% [markdown]
+# ## Single-run view (descriptive)
+# The per-run analyses on the seeds of `runs.seeds`: each grokking run over its own window
+# [memorisation, t*), each reference run over that window of the same seed. They have little power
+# (one run's residuals are autocorrelated at any cadence) and are not verdicts; they show what one
+# run looks like.
 
 # %%
 units
@@ -118,10 +199,9 @@ g.figure.suptitle("Gradient statistics (one line per run)", y=1.02)
 plots.save(g.figure, out_dir, "gradient_statistics")
 
 # %% [markdown]
-# ## The level of tr Σ before the transition
+# ### The level of tr Σ before the transition, per run
 # log10 tr Σ against steps before the end of the window (t* for grokking runs, the matched t* for
-# controls), one panel per tested condition. A rising level before t* in grokking runs, and not in
-# the controls, is what "increasing variance in gradients" predicts.
+# controls).
 
 # %%
 trace = tele[(tele.scope == "model") & (tele.metric == "grad_noise_trace")]
@@ -141,7 +221,7 @@ if frames:
     plots.save(g.figure, out_dir, "noise_trace_level")
 
 # %% [markdown]
-# ## One layer-wise series up close
+# ### One layer-wise series up close
 # The stable rank of the hidden layer in the pre-transition window of the first tested condition:
 # the series (log10), its Gaussian-detrended residual and the three rolling indicators, grokking
 # runs vs controls.
@@ -159,7 +239,7 @@ if len(close_up):
     plots.save(g.figure, out_dir, "indicators_hidden_stable_rank")
 
 # %% [markdown]
-# ## Kendall τ of each indicator, grokking runs vs controls
+# ### Kendall τ of each indicator, grokking runs vs controls
 # One point per analysis unit and series, all tested conditions together.
 
 # %%
@@ -176,10 +256,9 @@ if len(done):
     plots.save(g.figure, out_dir, "kendall_tau")
 
 # %% [markdown]
-# ## The tests behind the verdicts, per tested condition
-# Per unit, the fraction of its series that signal (τ > 0, surrogate p < α). The hypothesis needs
-# this to be common in grokking runs (≥ `min_hit_fraction`) *and* higher than in the controls
-# (one-sided Mann–Whitney U over runs).
+# ### Single-run tests (not verdicts)
+# Per unit, the fraction of its series that signal (τ > 0, surrogate p < α), grokking runs vs
+# controls (one-sided Mann–Whitney U over runs).
 
 # %%
 fractions = results.fractions.copy()
@@ -197,7 +276,7 @@ if len(fractions):
 display(results.tests.drop(columns=["group"]).round(3))
 
 # %% [markdown]
-# ## What the tests could have detected (power)
+# ### What the single-run tests could have detected (power)
 # Residual tests: AR(1) noise of the median length and median residual lag-1 autocorrelation of the
 # condition's grokking series, with the coefficient rising by t* a fraction *s* of its distance to
 # 1 (x axis); the null is the stationary AR(1), which is what the phase surrogates of a stationary
@@ -222,7 +301,7 @@ if len(pwr):
 display(results.power_summary.round(3))
 
 # %% [markdown]
-# ## Every signal: trend, significance rate, lead time
+# ### Every single-run signal: trend, significance rate, lead time
 # Medians over units, per tested condition. `lead_steps_grok`: steps between the alarm (indicator
 # above its baseline for good) and t*; `xcorr_lag_steps`: lag of the largest cross-correlation of
 # the series' changes with test accuracy's changes around t* (positive: the series moves first).
@@ -234,23 +313,28 @@ results.signals.round(3)
 # ## How far the test reaches
 # - **Fluctuations.** Training is mini-batch, so the series carry sampling noise around their
 #   trend; critical-slowing-down theory assumes a noise-driven system near a bifurcation, which a
-#   grokking network is at best loosely. The spectral series are smooth functions of weights that
-#   move little per step, so their residuals stay strongly autocorrelated at this cadence (see the
-#   `resid_lag1` column): the power analysis takes that into account.
+#   grokking network is at best loosely. Spectral series are smooth functions of weights that move
+#   little per step, so their deviations from the ensemble mean stay strongly autocorrelated (the
+#   `resid_lag1` column): the power simulation uses that value.
+# - **Ensemble.** Seeds are independent, so the across-seed indicators do not rest on one run's
+#   autocorrelated residuals; the bootstrap resamples pairs (the same resample for every series of
+#   a test), and the references at the same steps absorb what any run does at that stage of training.
+#   The power is simulated for one series: for the mean over a test's series (the same effect in
+#   each, correlations ≥ 0) it is a lower bound.
 # - **Power.** A negative verdict ("not reproduced") is given only where the smallest effect the test
 #   detects with power ≥ `power.target` is no larger than the claimed effect; otherwise "inconclusive",
 #   with both in the reason. Low power does not block a precursor the runs show.
-# - **Runs as units.** Series within one run are correlated, so the comparison with the controls
-#   is made per run (Mann–Whitney U over runs); with 3 grokking runs it needs ≥ 4 controls to be
-#   able to reach p < 0.05 at all, hence the two reference conditions.
-# - **Retrospective.** Detrending uses the whole pre-transition window and t* is known: a
-#   "supported" verdict is a precursor in hindsight, not a forecast.
+# - **tr Σ.** The reference runs memorise and their training loss goes to 0, so their tr Σ collapses;
+#   the claim is tested on the grokking runs' own direction before t*, the comparison with the
+#   references at the same steps is reported beside it.
+# - **Retrospective.** Alignment uses each run's t*, known after the fact: a "supported" verdict is a
+#   precursor in hindsight, not a forecast.
 
 # %% [markdown]
 # ## Findings vs the seed
 # Verdicts are computed by `gradience.studies.grokking_transition.findings` from the runs above
-# (`gradience.reporting.judged`: every verdict names the budgets it needed — grokking runs, control
-# runs, points before t* — and the power against the claimed effect); the seed column comes from the repository's
+# (`gradience.reporting.judged`: every verdict names the budget it needed — pairs aligned on t* —
+# and the power against the claimed effect); the seed column comes from the repository's
 # claim registry. `write_report` also writes `metrics.json` and the curves for `dvc plots`.
 
 # %%

@@ -26,24 +26,38 @@
 # a random initialisation, so an "expansion" of W has almost no room; W − W₀ and the gradient show
 # the structure that training adds.
 #
-# **Plateau.** Runs are long enough for the train loss to reach a plateau, checked per run: the
-# smoothed train loss moves by at most `max_progress` of its total decrease over the last
-# `window_fraction` of the steps (report keys; the table below lists every run).
+# **Plateau.** Whether a run trained to a loss plateau is checked per run: the least-squares trend
+# of the smoothed train loss over the last `window_fraction` of the steps changes it by at most
+# `max_progress` of its total decrease (report keys; a trend, so mini-batch noise does not count as
+# progress; the table below lists every run). The shape claims count it as a budget.
 #
 # **Instability as a dose–response.** Each seed is also trained with the learning rate multiplied by
-# ×3, ×10 and ×30 for 4 % of the run from mid-run; ×1 is the healthy run, which the spiked runs
+# each spike size for 4 % of the run from mid-run; ×1 is the healthy run, which the spiked runs
 # follow exactly until the spike starts. Per spike size: the loss setback (the share of the progress
 # so far that is lost) and the effective-rank response of W, W − W₀ and ∂L/∂W right after the spike
 # relative to the healthy run of the same seed — with the spread over seeds.
 #
-# **Free choices** (the seed fixes none of these): the datasets and model sizes; AdamW with lr
-# 3·10⁻³ and weight decay 0.01 in every family; batch 128 (digits) and 16 windows of 32 characters
-# (text); run lengths (MLP 1,000, CNN 800, transformer 1,000 steps: the digit models reach the loss
-# plateau well before the spike; the character-level transformer's loss still falls slowly at the
-# end, and a run long enough for it to pass the plateau check does not fit the 2-core budget — the
-# table below says which runs reached it, and the verdicts count it as a budget); the spike window
-# (from 50 % of the run for 4 % of it) and sizes; the mini-batch gradient rather than the full-batch
-# one; every threshold of the criteria below (report keys). The definitions are in
+# **Matched kick.** A large update moves W, and moving W changes its spectrum whether or not training
+# is destabilised. The control arm `kick_x<k>` gets, at the spike's start, a Gaussian random matrix
+# added to each weight matrix with the Frobenius norm of the ×k spike's update over its window (same
+# seed, measured by retraining that spike run up to the window's end), then trains at the healthy
+# learning rate. The sudden-change claim needs the destabilised spike's rank jump to exceed its
+# non-destabilising kick's (paired over seeds).
+#
+# **Structured, not random.** The between-seed R² of each layer's trajectory is set against a null:
+# the same R² after putting each seed's values in an independent random time order (199
+# permutations); a layer counts as structured when it beats that null at α and reaches `r2_min`.
+#
+# **Free choices** (the seed fixes none of these): the datasets and model sizes; AdamW with weight
+# decay 0.01 (lr 3·10⁻³ for the digit models, 10⁻² for the transformer); batch 128 (digits) and 16
+# windows of 32 characters (text); run lengths and schedules (the digit models reach the loss plateau
+# at a constant learning rate well before the spike; the character-level transformer's loss still
+# falls at a constant rate far beyond the 2-core budget, so it is trained as language models are:
+# constant, then decayed linearly to a tenth between 60 % and 80 % of the run, its plateau read on the
+# last 20 %, where its rank dynamics are slowed by the low rate too); the spike window (from 50 % of
+# the run for 4 % of it), sizes and the kick's size, Gaussian direction and single step; the
+# mini-batch gradient rather than the full-batch one; every threshold of the criteria below and the
+# tests' level α (report keys). The definitions are in
 # `gradience.studies.rank_survey.trajectories` (the criteria) and `gradience.studies.rank_survey.analysis`.
 
 # %% tags=["parameters"]
@@ -54,6 +68,7 @@ out_dir = None  # None: an interactive run, written to .gradience/scratch/rank_s
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import seaborn as sns
 from IPython.display import Markdown, display
 
@@ -65,12 +80,14 @@ from gradience.studies.rank_survey import runs as survey_runs
 ctx = notebook.open_report(stage, report, out_dir)
 P, R, out_dir = ctx.params, ctx.tables.params, ctx.out_dir
 plots.set_theme()
-arms = [survey_runs.arm_name(z) for z in R.sizes]
+arms = [arm.name for arm in R.arms]  # healthy, spike sizes, matched kicks
 matrices = [rank_survey.LABELS[m] for m in rank_survey.MATRICES]
-print(f"profile={R.profile}  seeds={R.seeds}  families={R.families}  spike sizes={R.sizes}")
+print(f"profile={R.profile}  seeds={R.seeds}  families={R.families}  spike sizes={R.sizes}  "
+      f"matched kicks={R.spike.kick_sizes}")
 for f in R.families:
     fp = R.family(f)
-    print(f"  {f}: steps={fp.steps:,} lr={fp.lr:g} batch={fp.batch_size} spike window={survey_runs.family_spike_window(R, f)}")
+    print(f"  {f}: steps={fp.steps:,} lr={fp.lr:g} batch={fp.batch_size} spike window={survey_runs.family_spike_window(R, f)}"
+          f" cooldown={fp.cooldown.model_dump() if fp.cooldown else None}")
 c, pl = P.criterion, P.plateau
 print(f"loss plateau: the last {pl.window_fraction:.0%} of steps move ≤ {pl.max_progress:.1%} of the loss decrease")
 print(f"shape criterion: smoothing {c.smoothing_window} points, expansion ≥ {c.expand_min:.0%}, "
@@ -154,7 +171,8 @@ lay["r0 / r_max"] = lay["r0"] / lay["r_max"]
 lay["layer"] = lay["scope"].map(rank_survey.short_name)
 display(lay.groupby(["family", "layer"], sort=False)[["r_max", "r0 / r_max", "moved"]].mean().round(3))
 display(results.agreement.assign(of=lambda d: d["matrix"].map(rank_survey.LABELS))
-        .pivot_table(index=["family", "scope"], columns="of", values="r2", sort=False).round(3))
+        .pivot_table(index=["family", "scope"], columns="of", values=["r2", "r2_null_q", "p_null"], sort=False)
+        .round(3))
 
 # %% [markdown]
 # ## Learning-rate spike: dose–response
@@ -187,6 +205,28 @@ display(dose.groupby(["family", "arm"], sort=False)[["setback", "destabilised", 
         .agg(["mean", "std"]).round(3))
 
 # %% [markdown]
+# ## Spike against a random kick of the same norm
+# Per family and seed: the largest |Δ log r_eff(W)| over layers across the spike window, in the spike
+# run and in the run kicked by a random matrix of the spike's window-update norm (trained at the
+# healthy learning rate), with both runs' setbacks. The dashed line is the healthy runs' largest
+# change over any window of that length (their null).
+
+# %%
+kicks = results.kicks
+display(kicks.round(3))
+if len(kicks):
+    long = pd.concat([kicks.assign(arm="spike", jump=kicks["spike_jump"]),
+                      kicks.assign(arm="matched kick", jump=kicks["kick_jump"])])
+    long["condition"] = long["family"] + " ×" + long["kick"].map("{:g}".format)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    sns.stripplot(data=long, x="condition", y="jump", hue="arm", dodge=True, ax=ax, size=6)
+    for i, (_, g) in enumerate(long.groupby("condition", sort=False)):
+        ax.hlines(g["rank_jump_null"].mean(), i - 0.4, i + 0.4, color="grey", ls="--", lw=1)
+    ax.set(yscale="log", ylabel="max over layers |Δ log r_eff(W)|", xlabel="", title="rank jump across the window")
+    fig.tight_layout()
+    plots.save(fig, out_dir, "spike_vs_kick")
+
+# %% [markdown]
 # ## Rank around the spike
 # Effective rank (mean over layers and seeds) against step for each spike size; the spike window is
 # shaded.
@@ -211,8 +251,8 @@ plots.save(fig, out_dir, "rank_by_spike_size")
 # Verdicts are computed by `gradience.studies.rank_survey.findings` from the runs above through
 # `gradience.reporting.judged`: "not reproduced" only where every budget the claim needs is met
 # (healthy runs at the loss plateau; for W, layers that moved and had room to expand; three seeds;
-# a spike size that destabilised training, with its healthy control), otherwise "not comparable"
-# with the budget in the reason. The seed column comes from the repository's claim registry. The
+# a spike size that destabilised training, with its healthy control and its non-destabilising
+# matched kick), otherwise "not comparable" with the budget in the reason. The seed column comes from the repository's claim registry. The
 # shape and agreement claims get one row per matrix (W, W − W₀, ∂L/∂W); the spike claims one row per
 # family, with the dose–response in the measured column. `write_report` also writes `metrics.json`
 # and the curves for `dvc plots`.
@@ -220,7 +260,10 @@ plots.save(fig, out_dir, "rank_by_spike_size")
 # Each claim's kind (event, comparison or absence, in the registry) sets what the verdict needs: an
 # event the runs show is reproduced whatever the budget; a comparison or an absence needs every budget
 # for either answer; and a comparison's negative also needs the power to have seen the claimed effect
-# (the smallest detectable effect, stated), otherwise it is "inconclusive".
+# (the smallest detectable effect, stated), otherwise it is "inconclusive": for agreement, the
+# permutation null's 95 % quantile against `r2_min`; for the sudden change, the smallest mean
+# log(spike jump / kick jump) the paired test detects against the spike's log jump over the healthy
+# null.
 
 # %%
 table = notebook.write_report(stage, results, P, out_dir)

@@ -51,7 +51,9 @@
 # improving would otherwise count as "restored"); the attention and positional-spectrum claims
 # against a λ = 0 control that memorises (attention at initialisation is near uniform too); the
 # depth-basis Fourier claim against a random direction. A claim made for both tasks is judged on each
-# task's own runs and budgets (the Findings row gives each task's verdict): it is "reproduced" only
+# task's own runs and that task's one budget set (its fitted seeds, steps and clock after the fit, its
+# grokking delay: the same set on every such row, so the same missing headroom gets the same label;
+# the Findings row gives each task's verdict): it is "reproduced" only
 # when both are, "not reproduced" when either is, "not comparable" when a task is short of budget,
 # and otherwise "inconclusive".
 #

@@ -1,11 +1,19 @@
 from pathlib import Path
 
 from conftest import REPO
-from gradience.telemetry.glossary import markdown
+from gradience.telemetry.glossary import PAGE, markdown, page
 
 
-def test_readme_carries_the_glossary_defined_in_code():
-    assert markdown() in Path(REPO, "README.md").read_text()
+def test_the_glossary_page_is_the_glossary_defined_in_code():
+    assert Path(REPO, PAGE).read_text() == page(), "run `python -m gradience.telemetry.glossary`"
+    assert markdown() in page() and "docs/glossary.md" in Path(REPO, "README.md").read_text()
+
+
+def test_the_readme_is_short_and_links_what_moved_out():
+    readme = Path(REPO, "README.md").read_text()
+    assert len(readme.splitlines()) <= 160
+    for doc in ("docs/running.md", "docs/glossary.md", "docs/architecture.md"):
+        assert f"]({doc})" in readme and Path(REPO, doc).exists(), doc
 
 
 def test_ci_runs_exactly_the_readme_test_command():

@@ -11,6 +11,7 @@ from gradience.reporting import VERDICTS
 from gradience.studies import grid, notebook
 from gradience.studies.grokking_transition import analysis as gt
 from gradience.studies.grokking_transition import early_warning as ews
+from gradience.studies.grokking_transition import ensemble as ens
 from gradience.studies.grokking_transition import findings as gt_findings
 from gradience.studies.grokking_transition import hypothesis_tests as ht
 from gradience.studies.grokking_transition import runs as gt_runs
@@ -187,23 +188,28 @@ def test_smoke_stage_end_to_end_and_deterministic(smoke_params, data_dir, tmp_pa
     steps = np.sort(t.telemetry["step"].unique())
     assert (np.diff(steps) == smoke_params.runs.cadence_every).all()
     a = gt.analyse(t, smoke_params.report)
-    # the smoke grid: add_wd1 groks (t_mem 64, t* 112 at cadence 2), add_wd0 does not and is its control
-    tr = a.transitions.set_index("condition")
-    assert bool(tr.loc["add_wd1", "grokked"]) and not bool(tr.loc["add_wd0", "grokked"])
-    assert a.units["control"].tolist() == [False, True]
+    # the smoke grid: add_wd1/s0 groks (t_mem 64, t* 112 at cadence 2), add_wd0 does not and is its control
+    tr = a.transitions.set_index("run")
+    assert bool(tr.loc["add_wd1/s0", "grokked"]) and not tr.loc[tr.condition == "add_wd0", "grokked"].any()
+    assert a.units["control"].tolist() == [False, True]  # per-run analyses: the runs of runs.seeds only
+    # the ensemble: every seed with an onset paired with the reference of its seed
+    assert a.ensemble_pairs["kept"].sum() == 3
+    assert set(a.ensemble_tests["test"]) == set(ens.CLAIM_SERIES) and (a.ensemble_tests["n_pairs"] == 3).all()
+    assert a.ensemble_power["power"].between(0, 1).all() and len(a.ensemble_level) == 1
     assert a.units["window_end"].nunique() == 1  # the control is read over the grokking run's window
     assert set(a.tests["test"]) == set(ht.TESTS) and set(a.tests["tested"]) == {"add_wd1"}
-    assert set(a.early_warning["run"]) == set(t.runs["run"])
+    assert set(a.early_warning["run"]) == {"add_wd1/s0", "add_wd0/s0"}
     assert set(a.power["test"]) == set(ht.TESTS) and a.power["power"].between(0, 1).all()
     # the analysis over 2 processes gives the same table (surrogate seeds are per series, not per process)
     pd.testing.assert_frame_equal(gt.analyse(t, smoke_params.report, workers=2).early_warning, a.early_warning)
     rows = gt_findings.findings(a, smoke_params.report)
     assert {r["verdict"] for r in rows} <= set(VERDICTS)
-    assert [r["id"] for r in rows] == [*gt_findings.TEST_CLAIMS.values(), "grokking_transition.diagnostic_not_predictive"]
-    assert all("smallest detectable" in r["why"] for r in rows[:4])  # the power, now a Power, not a budget
+    assert [r["id"] for r in rows] == [*gt_findings.TEST_CLAIMS.values(), "grokking_transition.gradient_noise_level",
+                                       "grokking_transition.diagnostic_not_predictive"]
+    assert all("smallest detectable" in r["why"] for r in rows)  # the power, stated on every row
     m = gt.metrics(a, smoke_params.report)
     assert set(m["conditions"]) == {c.name for c in smoke_params.runs.conditions}
-    assert m["conditions"]["add_wd1"]["grokked_fraction"] == 1.0
+    assert set(m["ensemble"]) == set(ens.CLAIM_SERIES) and "power_at_claim" in m["ensemble"]["lag1_autocorrelation"]["add_wd1"]
     assert set(m["tests"]) == set(ht.TESTS) and "power_at_claim" in m["tests"]["gradient_noise_level"]["add_wd1"]
     curves = gt.curves(a, smoke_params.report)
     assert set(curves["curve"]) == {f"{m}_{c.name}" for m in ("test_acc", "grad_noise_trace")
@@ -215,70 +221,177 @@ def test_smoke_stage_end_to_end_and_deterministic(smoke_params, data_dir, tmp_pa
     np.testing.assert_allclose(acc["value"], expected.to_numpy(), rtol=1e-5)
 
 
-def _test_row(verdict: str, tested="mul_wd0.1", n_grok=3, n_ctrl=6) -> dict:
-    return {"test": "lag1_autocorrelation", "tested": tested, "group": "spectral", "indicator": "lag1_ac",
-            "hit_fraction": 0.1, "control_fraction": 0.1, "n_grok_runs": n_grok, "n_control_runs": n_ctrl,
-            "p_mannwhitney": 0.6, "verdict": verdict, "why": "w", "n_points": 150.0, "resid_lag1": 0.5,
-            "tau_grok": 0.0, "tau_control": 0.0, "ratio_grok": 1.0, "ratio_control": 1.0}
+def _ens_row(test: str, p_value: float, tau: float, tested="add_wd0.3", n_pairs=30) -> dict:
+    group, ind = ens.CLAIM_SERIES[test]
+    return {"test": test, "tested": tested, "group": group, "indicator": ind, "tau_tested": tau,
+            "tau_reference": 0.0, "delta_tau": tau, "delta_lo": tau - 0.1, "delta_hi": tau + 0.1, "p_value": p_value,
+            "n_series": 3, "n_pairs": n_pairs, "resid_lag1": 0.6}
 
 
-def _power_row(power: float, mde: float, tested="mul_wd0.1") -> dict:
-    # power at the claimed slowing 0.5 and the smallest slowing detected with power ≥ 0.8 (power_summary)
-    return {"test": "lag1_autocorrelation", "tested": tested, "power_at_claim": power, "tau_at_claim": 0.5,
-            "mde_effect": mde, "mde_tau": 0.5 if np.isfinite(mde) else math.nan}
+def _ens_power(test: str, at_claim: float, mde: float, tested="add_wd0.3") -> list[dict]:
+    # power at each slowing: ≥ 0.8 from ``mde`` on (inf: never), ``at_claim`` at the claimed 0.5
+    out = []
+    for e in (0.3, 0.5, 0.7, 0.9):
+        pw = at_claim if e == 0.5 else (0.9 if e >= mde else 0.1)
+        out.append({"effect": e, "power": pw, "median_tau": e / 2, "test": test, "tested": tested, "claimed": e == 0.5})
+    return out
 
 
-def _analysis(tests: list[dict], powers: list[dict]):
-    return gt.Analysis(None, None, None, None, None, None, None, None, pd.DataFrame(tests), None,
-                       pd.DataFrame(powers))
+def _ens_analysis(p_value=0.5, tau=0.1, at_claim=0.9, mde=0.5, n_pairs=30, level=None):
+    tests = [_ens_row(t, p_value, tau, n_pairs=n_pairs) for t in ens.CLAIM_SERIES]
+    power = [r for t in ens.CLAIM_SERIES for r in _ens_power(t, at_claim, mde)]
+    level = level or {"tested": "add_wd0.3", "metric": "grad_noise_trace", "n_pairs": n_pairs, "level": -0.5,
+                      "p_level_higher": 0.999, "p_level_lower": 0.001, "change": -0.3, "p_rise": 0.99, "p_fall": 0.01,
+                      "own_change": -0.4, "own_change_sd": 0.2, "p_own_rise": 0.999, "p_own_fall": 0.001,
+                      "detectable": math.log10(1.5)}
+    pairs = pd.DataFrame({"condition": "add_wd0.3", "kept": [True] * n_pairs})
+    return gt.Analysis(*[None] * 11, ensemble_tests=pd.DataFrame(tests), ensemble_power=pd.DataFrame(power),
+                       ensemble_level=pd.DataFrame([level]), ensemble_pairs=pairs, ensemble_curves=None)
 
 
-def _analysis_with(verdict: str, power: float, mde: float, n_grok=3, n_ctrl=6):
-    return _analysis([_test_row(verdict, n_grok=n_grok, n_ctrl=n_ctrl)], [_power_row(power, mde)])
-
-
-@pytest.mark.parametrize(("verdict", "power", "mde", "n_ctrl", "expected"), [
-    ("not supported", 0.9, 0.5, 6, "not reproduced"),  # the test could see the claimed slowing 0.5
-    # a comparison: low power now makes a negative inconclusive (was "not comparable" when power was a budget)
-    ("not supported", 0.3, 0.7, 6, "inconclusive"),  # could only see a slowing of 0.7 > 0.5 claimed
-    ("not supported", 0.3, math.nan, 6, "inconclusive"),  # no slowing tried reached power 0.8
-    ("not supported", 0.9, 0.5, 3, "not comparable"),  # 3 vs 3 runs: Mann–Whitney cannot reach p < 0.05
-    # a precursor seen is seen, whatever the power: power is no budget, and the other budgets are met
-    ("supported", 0.3, 0.7, 6, "reproduced"),
-    ("inconclusive", 0.9, 0.5, 6, "inconclusive"),
+@pytest.mark.parametrize(("p_value", "tau", "at_claim", "mde", "n_pairs", "expected"), [
+    (0.5, 0.05, 0.9, 0.5, 30, "not reproduced"),  # the ensemble could see the claimed slowing 0.5
+    (0.5, 0.05, 0.3, 0.7, 30, "inconclusive"),  # could only see a slowing of 0.7 > 0.5 claimed
+    (0.5, 0.05, 0.3, math.inf, 30, "inconclusive"),  # no slowing tried reached power 0.8
+    (0.5, 0.05, 0.9, 0.5, 10, "not comparable"),  # 10 pairs < 24
+    (0.01, 0.3, 0.3, 0.7, 30, "reproduced"),  # a precursor seen is seen, whatever the power
+    (0.01, -0.1, 0.9, 0.5, 30, "not reproduced"),  # beats the references but the indicator does not rise
 ])
-def test_findings_give_a_negative_only_with_power_and_controls(verdict, power, mde, n_ctrl, expected):
-    rows = gt_findings.findings(_analysis_with(verdict, power, mde, n_ctrl=n_ctrl), gt.ReportParams())
-    assert rows[0]["verdict"] == expected, rows[0]
-    detectable = f"{mde:,.3g}" if np.isfinite(mde) else "inf"
-    assert (f"smallest detectable slowing by t* (share of the AR(1) coefficient's distance to 1, at power ≥ 0.8) "
-            f"{detectable} vs claimed 0.5") in rows[0]["why"], rows[0]["why"]
-    assert f"power at the claim {power:.2f}" in rows[0]["measured"]
-    # 'not predictive' is an absence: a precursor found refutes it whatever the budget; agreeing needs
-    # ≥ 2 tested conditions (one here: short of budget) and the power to see a precursor
-    assert rows[-1]["id"] == "grokking_transition.diagnostic_not_predictive"
-    assert rows[-1]["verdict"] == ("not reproduced" if verdict == "supported" else
-                                   "inconclusive" if verdict == "inconclusive" else "not comparable")
+def test_findings_give_a_negative_only_with_power_and_pairs(p_value, tau, at_claim, mde, n_pairs, expected):
+    p = gt.ReportParams()
+    rows = gt_findings.findings(_ens_analysis(p_value, tau, at_claim, mde, n_pairs), p)
+    assert [r["id"] for r in rows] == [*gt_findings.TEST_CLAIMS.values(), "grokking_transition.gradient_noise_level",
+                                       "grokking_transition.diagnostic_not_predictive"]
+    for r in rows[:3]:
+        assert r["verdict"] == expected, r
+        detectable = f"{mde:,.3g}" if np.isfinite(mde) else "inf"
+        assert f"lower bound for the mean over series) {detectable} vs claimed 0.5" in r["why"], r["why"]
+        assert f"power at the claimed slowing {at_claim:.2f}" in r["measured"]
+        assert f"pairs aligned on t* (tested seed + its reference at the same steps) {n_pairs} (needs ≥ 24)" \
+            in r["why"] or n_pairs >= 24
+    # 'not predictive' is an absence: a spectral precursor refutes it; none found needs the power and the pairs
+    supported = p_value < 0.05 and tau > 0
+    assert rows[-1]["verdict"] == ("not reproduced" if supported else "not comparable" if n_pairs < 24 else
+                                   "reproduced" if mde <= 0.5 else "inconclusive"), rows[-1]
 
 
-@pytest.mark.parametrize(("mde", "expected"), [
-    ((0.5, 0.3), "reproduced"),  # both conditions could see the claimed slowing 0.5
-    # an absence given a Power: agreeing with too little power is inconclusive, not a negative's
-    # "reproduced" (was "not comparable" when power was a budget)
-    ((0.5, 0.7), "inconclusive"),
-    ((0.5, math.nan), "inconclusive"),  # one condition: no slowing tried reached power 0.8
+@pytest.mark.parametrize(("p_rise", "detectable", "expected"), [
+    (0.99, 1.5, "not reproduced"),  # it falls, and a rise by 1.5 (< the claimed 2) was detectable
+    (0.99, 3.0, "inconclusive"),  # too noisy to have seen a doubling
+    (0.01, 3.0, "reproduced"),
 ])
-def test_not_predictive_needs_every_spectral_test_to_have_power(mde, expected):
-    conds = ("mul_wd0.1", "add_wd0.3")
-    a = _analysis([_test_row("not supported", tested=c) for c in conds],
-                  [_power_row(0.9 if m <= 0.5 else 0.3, m, tested=c) for c, m in zip(conds, mde, strict=True)])
-    row = gt_findings.findings(a, gt.ReportParams())[-1]
+def test_noise_level_row_states_direction_and_power(p_rise, detectable, expected):
+    level = {"tested": "add_wd0.3", "metric": "grad_noise_trace", "n_pairs": 30, "level": 0.5, "p_level_higher": 0.001,
+             "p_level_lower": 0.999, "change": 0.3, "p_rise": 0.01, "p_fall": 0.99, "own_change": -0.4,
+             "own_change_sd": 0.2, "p_own_rise": p_rise, "p_own_fall": 1 - p_rise, "detectable": math.log10(detectable)}
+    row = gt_findings.gradient_noise_level(_ens_analysis(level=level), gt.ReportParams())[0]
     assert row["verdict"] == expected, row
-    weakest = max(m if np.isfinite(m) else math.inf for m in mde)
-    assert f"of the weakest spectral test {weakest:,.3g} vs claimed 0.5" in row["why"], row["why"]
-    # a precursor in one condition refutes 'not predictive' whatever the power
-    a.tests.loc[0, "verdict"] = "supported"
-    assert gt_findings.findings(a, gt.ReportParams())[-1]["verdict"] == "not reproduced"
+    assert "grokking runs falls ×0.398" in row["measured"] and "×3.16 the references'" in row["measured"]
+    assert f"at power ≥ 0.8) {detectable:,.3g} vs claimed 2" in row["why"], row["why"]
+
+
+def test_findings_without_ensemble_pairs_say_so():
+    a = _ens_analysis()
+    a.ensemble_tests, a.ensemble_level = pd.DataFrame(), pd.DataFrame()
+    rows = gt_findings.findings(a, gt.ReportParams())
+    assert len(rows) == 5 and {r["verdict"] for r in rows} == {"inconclusive"}
+    assert all("no ensemble pairs" in r["measured"] for r in rows)
+
+
+# ------------------------------------------------------------------ ensemble indicators (synthetic)
+
+
+def test_ensemble_indicators_recover_a_known_ar1():
+    """Known answer: across many stationary AR(1) runs, the variance at each time is 1 / (1 − φ²),
+    the lag-1 autocorrelation φ and the AR(1) autocorrelation time (1 + φ)/(1 − φ)."""
+    from gradience.telemetry import signals
+
+    X = signals.ar1_series(np.full(30, 0.6), 5000, np.random.default_rng(0))
+    ind = ens.indicators(ens.residuals(X, ens.smoother(30, "none", 0.2)))
+    assert np.nanmean(ind["variance"]) == pytest.approx(1 / (1 - 0.36), rel=0.02)
+    assert np.nanmean(ind["lag1_ac"]) == pytest.approx(0.6, abs=0.01)
+    assert np.nanmean(ind["autocorrelation_time"]) == pytest.approx(1.6 / 0.4, rel=0.05)
+    assert np.isnan(ind["lag1_ac"][0])
+    # the ensemble mean is removed at each time: a trend shared by every run leaves the residuals unchanged
+    shifted = ens.residuals(X + np.linspace(0, 50, 30), np.eye(30))
+    np.testing.assert_allclose(shifted, ens.residuals(X, np.eye(30)), atol=1e-9)
+    # detrending is the linear map of signals.detrend
+    x = np.random.default_rng(1).normal(size=30)
+    np.testing.assert_allclose(ens.smoother(30, "gaussian", 0.2) @ x, signals.detrend(x, "gaussian", 0.2))
+    from scipy import stats
+    v = np.random.default_rng(2).normal(size=(4, 25))
+    v[0, 5] = np.nan
+    expected = [stats.kendalltau(np.arange(25)[np.isfinite(r)], r[np.isfinite(r)])[0] for r in v]
+    np.testing.assert_allclose(ens.kendall_tau(v), expected)
+
+
+def test_trend_contrast_detects_injected_slowing_and_not_its_swap():
+    rng = np.random.default_rng(0)
+    M = ens.smoother(36, "none", 0.2)
+    X, Y = ens.simulated_pairs(40, 36, 0.5, 0.9, rng)
+    for ind in ("variance", "lag1_ac"):
+        hit = ens.trend_contrast([X], [Y], ind, M, 299, rng)
+        assert hit["p_value"] < 0.05 and hit["tau_tested"] > 0.2 and hit["delta_lo"] > 0, hit
+        swap = ens.trend_contrast([Y], [X], ind, M, 299, rng)
+        assert swap["p_value"] > 0.5 and swap["delta_tau"] == pytest.approx(-hit["delta_tau"]), swap
+
+
+def test_ensemble_power_has_size_alpha_without_slowing_and_grows_with_it():
+    M = ens.smoother(36, "none", 0.2)
+    table = ens.ensemble_power(36, 36, 0.5, [0.0, 0.9], "lag1_ac", M, n_sims=80, n_boot=199, alpha=0.05,
+                               seed=0).set_index("effect")
+    assert table.loc[0.0, "power"] <= 0.12  # the test's size: α (one-sided, and τ > 0 also required)
+    assert table.loc[0.9, "power"] >= 0.8
+
+
+def test_detectable_shift_is_the_t_tests_power_on_a_known_normal_case():
+    """Known answer: n draws of N(δ, 1) with δ = detectable_shift(1, n): a one-sided t test at 0.05
+    rejects in 80% of samples."""
+    from scipy import stats
+
+    n, rng = 24, np.random.default_rng(0)
+    d = ens.detectable_shift(1.0, n, 0.05, 0.8)
+    assert d == pytest.approx((1.6449 + 0.8416) / math.sqrt(n), rel=0.06)  # the normal approximation
+    draws = rng.normal(d, 1.0, size=(4000, n))
+    power = np.mean(stats.ttest_1samp(draws, 0.0, axis=1, alternative="greater").pvalue < 0.05)
+    assert power == pytest.approx(0.8, abs=0.02)
+
+
+def test_level_contrast_on_a_known_fall():
+    """tr Σ of the tested runs falls by 0.3 decades over the window against flat references at a level
+    0.5 decades higher: level −0.55 on average, change −0.3 (less the end averages), direction: falls."""
+    rng = np.random.default_rng(0)
+    k = np.linspace(0, 1, 40)
+    Y = 1.0 + 0.02 * rng.normal(size=(30, 40))
+    X = 0.6 - 0.3 * k + 0.02 * rng.normal(size=(30, 40))
+    out = ens.level_contrast(X, Y, 0.25, 0.05, 0.8)
+    assert out["level"] == pytest.approx(-0.4 - 0.15, abs=0.01)
+    q = 10
+    assert out["change"] == pytest.approx(-0.3 * (k[-q:].mean() - k[:q].mean()), abs=0.01)
+    assert out["own_change"] == pytest.approx(out["change"], abs=0.01)
+    assert out["p_fall"] < 1e-6 and out["p_rise"] > 0.99 and out["p_own_fall"] < 1e-6 and out["p_own_rise"] > 0.99
+    assert out["p_level_lower"] < 1e-6
+    sd = np.std(X[:, -q:].mean(axis=1) - X[:, :q].mean(axis=1), ddof=1)
+    assert out["detectable"] == pytest.approx(ens.detectable_shift(sd, 30, 0.05, 0.8))
+
+
+def test_pairs_align_on_each_transition_at_the_same_steps():
+    steps = np.arange(0, 200, 10)
+    rows = []
+    for run, shift in (("g/s0", 0), ("g/s1", 5), ("r/s0", 100), ("r/s1", 200)):
+        rows += [(run, s, "model", "grad_norm", float(shift + s)) for s in steps]
+    tele = pd.DataFrame(rows, columns=["run", "step", "scope", "metric", "value"])
+    transitions = pd.DataFrame({
+        "run": ["g/s0", "g/s1", "r/s0", "r/s1"], "condition": ["g", "g", "r", "r"], "seed": [0, 1, 0, 1],
+        "op": "add", "reference": [False, False, True, True], "ensemble": True, "t_onset": [150.0, 60.0, np.nan, np.nan],
+        "t_mem": [20.0, 20.0, 30.0, 40.0], "steps_run": 190})
+    pairs = ens.pairs_table(transitions)
+    assert pairs[["run", "ref", "t_onset", "start"]].values.tolist() == [["g/s0", "r/s0", 150.0, 30.0],
+                                                                         ["g/s1", "r/s1", 60.0, 40.0]]
+    X, Y, info = ens.aligned(tele, pairs, "model", "grad_norm", 5, 10)
+    assert info["dropped"].tolist() == ["", "window before memorisation"]  # seed 1: t* − 50 < 40
+    np.testing.assert_allclose(10 ** X, [[100, 110, 120, 130, 140]])  # steps 100..140: before t*
+    np.testing.assert_allclose(10 ** Y, [[200, 210, 220, 230, 240]])  # the reference at the same steps
 
 
 def test_paper_profile_transformer_path_with_gradient_probes(smoke_params, data_dir):

@@ -151,9 +151,21 @@ def _summary(kinds):
                          "final_train_loss": 3.0})
 
 
-def _analysis(summary, table, runs):
+def _pairing(p_value=0.01, min_p=1 / 72, runs=8, kappa_p=None):
+    tests = [("levels", "kappa", "lambda_max"), ("residuals", "kappa", "lambda_max"),
+             ("levels", hc.ALL_WEIGHTS, "lambda_max"), *(("levels", "kappa", m) for m in hc.CONDITIONING)]
+    return pd.DataFrame([{"view": v, "weight_metric": w, "hessian_metric": m, "matched": 0.8, "mismatched": 0.4,
+                          "p_value": kappa_p if kappa_p is not None and w == "kappa" else p_value, "min_p": min_p,
+                          "pairings": round(1 / min_p), "runs": runs, "regimes": 3} for v, w, m in tests])
+
+
+def _analysis(summary, table, runs, pairing=None, conditioning=None):
+    pairing = _pairing() if pairing is None else pairing
+    pp = pd.DataFrame([{"hessian_metric": m, "matched": True, "n": 10} for m in hc.CONDITIONING])
     return hc.Analysis(runs=runs, telemetry=pd.DataFrame(), series=pd.DataFrame(), summary=summary, lead_lag=table,
-                       pairs=hc.pair_summary(table), cross_correlation=pd.DataFrame(), hutchinson={})
+                       pairs=hc.pair_summary(table), cross_correlation=pd.DataFrame(), hutchinson={},
+                       conditioning=pd.DataFrame() if conditioning is None else conditioning, pairing=pairing,
+                       pairing_pairs=pp)
 
 
 def test_verdicts_follow_the_tests_and_name_their_budgets(default):
@@ -168,7 +180,8 @@ def test_verdicts_follow_the_tests_and_name_their_budgets(default):
     assert {k: r["verdict"] for k, r in v.items()} == {
         "stable_below_edge": "reproduced", "marginal_at_edge": "reproduced", "unstable_diverges": "reproduced",
         "weights_lead_hessian": "reproduced", "weights_lead_hessian_residuals": "reproduced",
-        "spectra_coupled": "reproduced", "weights_lead_all_pairs": "reproduced"}
+        "spectra_coupled": "reproduced", "conditioning_coupled": "reproduced", "weights_lead_all_pairs": "reproduced",
+        "hessian_leads_weights": "not reproduced"}  # no conditioning table: that row is absent
     assert "5/5 runs at the edge" in v["weights_lead_hessian"]["measured"]
     assert "lag range ± steps vs the largest predicted lead 40 (needs ≥ 30)" in v["weights_lead_hessian"]["why"]
     assert "stable steps vs the marginal runs' edge step 200 (needs ≥ 80)" in v["stable_below_edge"]["why"]
@@ -177,6 +190,9 @@ def test_verdicts_follow_the_tests_and_name_their_budgets(default):
     v = rows([0, -5, -3, -8, -2, -4], [0.5, 0.002, 0.002, 0.004, 0.002, 0.01])  # coupled, λ_max leads
     assert v["weights_lead_hessian"]["verdict"] == "not reproduced"
     assert v["weights_lead_all_pairs"]["verdict"] == "not reproduced" and v["spectra_coupled"]["verdict"] == "reproduced"
+    assert v["hessian_leads_weights"]["verdict"] == "reproduced"  # 5/5 runs at the edge: sign test p 1/32 < α
+    assert ("per run: λ_max first in 5, the weights first in 0, tied 0, no significant pair 0, of 5; sign test p 0.0312"
+            in v["hessian_leads_weights"]["measured"])
     # levels coupled, residuals not: the two views are judged separately
     v = rows([0, 5, 3, 8, 2, 4], [0.5, 0.002, 0.002, 0.004, 0.002, 0.01], view_p=0.4)
     assert v["weights_lead_hessian"]["verdict"] == "reproduced"
@@ -270,7 +286,8 @@ def test_smoke_study_end_to_end(smoke, data_dir, tmp_path):
     rows = hc_findings.findings(a, smoke.report)
     assert [r["id"].removeprefix("hessian_coevolution.") for r in rows] == [
         "stable_below_edge", "marginal_at_edge", "unstable_diverges", "weights_lead_hessian",
-        "weights_lead_hessian_residuals", "spectra_coupled", "weights_lead_all_pairs"]
+        "weights_lead_hessian_residuals", "weights_lead_hessian_conditioning", "spectra_coupled",
+        "conditioning_coupled", "weights_lead_all_pairs", "hessian_leads_weights"]
     assert {r["verdict"] for r in rows} <= set(VERDICTS)
     # 19 surrogates cannot reach p < α (p ≥ 1/20 = α): no positive, and too little power for a negative, so the
     # smoke profile's H1 is inconclusive ("not comparable" where a budget is short as well), naming the power
@@ -287,7 +304,10 @@ def test_smoke_study_end_to_end(smoke, data_dir, tmp_path):
     table = notebook.write_report(STAGE, a, smoke.report, tmp_path)
     assert len(table) == len(rows)
     written = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(written) == {"regimes", "hutchinson", "findings"}
+    assert set(written) == {"regimes", "hutchinson", "pairing_null", "findings"}
+    # one seed per regime in the smoke profile: no pairing, so no coupling verdict can be reached
+    assert (a.pairing.runs == 0).all() and set(a.conditioning.hessian_metric) == set(hc.CONDITIONING)
+    assert a.series.hessian_condition.notna().sum() >= 8
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(f"{n}.csv" for n in set(c.curve))
 
 
@@ -305,3 +325,151 @@ def test_paper_profile_keeps_the_seed_scale_measurements():
     assert paper.runs.device == "auto" and paper.runs.data.corpus == "tiny_shakespeare"
     assert paper.runs.hessian.top_k == 10 and paper.runs.hessian.hutchinson_probes == 100
     assert paper.runs.cadence_every == 1 and all(b.met for b in hc_findings.lag_budgets(paper.report.lead_lag, 1))
+
+
+def _regime_series(coupled: bool, regimes=("stable", "marginal", "unstable"), seeds=(0, 1, 2), n=120, seed=0):
+    """Every run: κ and λ_max share the regime's trend; ``coupled``: both also carry the run's own
+    random walk (λ_max 3 steps later), else each its own independent noise."""
+    rng = np.random.default_rng(seed)
+    trend = np.linspace(0, 2, n) ** 1.5
+    frames, runs = [], []
+    for r in regimes:
+        for s in seeds:
+            own = np.cumsum(rng.normal(0, 0.15, n + 3))
+            if coupled:
+                k, lam = own[3:], own[:n] + rng.normal(0, 0.02, n)
+            else:
+                k, lam = rng.normal(0, 0.05, n), rng.normal(0, 0.05, n)
+            frames.append(pd.DataFrame({"run": f"{r}/s{s}", "step": np.arange(n), "kappa": np.exp(trend + k),
+                                        "lambda_max": np.exp(trend + lam)}))
+            runs.append({"run": f"{r}/s{s}", "regime": r, "kind": r, "seed": s, "diverged_at": math.nan})
+    return pd.concat(frames, ignore_index=True), pd.DataFrame(runs)
+
+
+def test_pairing_null_rejects_run_specific_coupling_and_not_a_shared_trend(default):
+    ll, pairing = default.report.lead_lag, default.report.pairing
+    c = ll.view("levels").model_copy(update={"surrogates": 99})
+    series, runs = _regime_series(coupled=False)
+    # the shared trend alone beats phase surrogates in every run ...
+    t = hc.coupling_table(series, runs, [("kappa", "lambda_max")], c, 1)
+    assert (t.p_value <= 0.02).all()
+    # ... but not the runs of the same regime: matched pairs are no more coupled than mismatched ones
+    s, pairs = hc.pairing_null(series, runs, "kappa", "lambda_max", c, pairing)
+    assert s["pairings"] == 216 and s["min_p"] == pytest.approx(1 / 216) and s["runs"] == 9 and s["regimes"] == 3
+    assert s["p_value"] > ll.alpha and abs(s["matched"] - s["mismatched"]) < 0.02
+    assert len(pairs) == 27 and pairs.matched.sum() == 9 and (pairs.n == 120).all()
+    # each run's own walk in both series: matched pairs beat every pairing, p at its smallest value
+    series, runs = _regime_series(coupled=True)
+    s, _ = hc.pairing_null(series, runs, "kappa", "lambda_max", c, pairing)
+    assert s["p_value"] == pytest.approx(1 / 216) and s["matched"] > 0.9 > s["mismatched"]
+    # a run that diverged too early is left out, and its regime cut to the steps all its runs have
+    runs.loc[runs.run == "unstable/s1", "diverged_at"] = 50.0
+    runs.loc[runs.run == "unstable/s2", "diverged_at"] = 110.0
+    s, pairs = hc.pairing_null(series, runs, "kappa", "lambda_max", c, pairing)
+    assert s["pairings"] == 6 * 6 * 2 and s["runs"] == 8 and s["min_p"] == pytest.approx(1 / 72)
+    assert set(pairs[pairs.regime == "unstable"].n) == {110} and set(pairs[pairs.regime == "stable"].n) == {120}
+    # one seed per regime: nothing to pair
+    s, pairs = hc.pairing_null(series, runs[runs.seed == 0], "kappa", "lambda_max", c, pairing)
+    assert s["runs"] == 0 and s["min_p"] == 1.0 and math.isnan(s["p_value"]) and pairs.empty
+    # the mean over tests is one test: the average of two identical tables is that table
+    _, pairs = hc.pairing_null(series, runs, "kappa", "lambda_max", c, pairing)
+    m = hc.mean_pairing(pd.concat([pairs.assign(weight_metric="a"), pairs.assign(weight_metric="b")]), pairing)
+    assert m["pairings"] == 72 and m["p_value"] == pytest.approx(1 / 72) and m["runs"] == 8
+
+
+def test_pairing_p_is_exact_over_within_regime_pairings_or_drawn():
+    S = np.array([[1.0, 0.2, 0.1], [0.3, 0.9, 0.2], [0.1, 0.0, 0.8]])  # the identity pairing is the largest
+    assert hc._exact_or_drawn([S], 9999, 0) == (pytest.approx(1 / 6), pytest.approx(1 / 6), 6)
+    assert hc._exact_or_drawn([S, S], 9999, 0)[:2] == (pytest.approx(1 / 36), pytest.approx(1 / 36))
+    flat = np.ones((3, 3))  # every pairing ties with the matched one
+    assert hc._exact_or_drawn([flat], 9999, 0)[0] == 1.0
+    p, min_p, count = hc._exact_or_drawn([S, S], 19, 0)  # 36 pairings > 19 + 1: drawn
+    assert count == 20 and min_p == pytest.approx(1 / 20) and p == pytest.approx(1 / 20, abs=0.16)
+
+
+def test_hessian_conditioning_is_read_where_it_is_defined():
+    series = pd.DataFrame({"run": "m", "step": [0, 20, 40, 41], "hessian_top1": [6.0, 12.0, 30.0, np.nan],
+                           "hessian_top3": [3.0, -1.0, 10.0, np.nan], "hessian_trace": [-0.5, 400.0, 900.0, np.nan],
+                           "hessian_trace_stderr": [10.0, 10.0, 500.0, np.nan]})
+    out = hc.conditioning(series, pd.Series({"m": 1000}), top_k=3)
+    np.testing.assert_allclose(out.hessian_condition, [2.0, np.nan, 3.0, np.nan])  # λ_k ≤ 0: undefined
+    # λ₁·P/tr H where the trace is above 2 standard errors only
+    np.testing.assert_allclose(out.hessian_concentration, [np.nan, 12.0 * 1000 / 400, np.nan, np.nan])
+    assert list(hc.cold_series(out).step) == [0, 20, 40]
+
+
+def test_conditioning_lead_lag_reads_lags_in_cold_points(default):
+    ll, pairing = default.report.lead_lag, default.report.pairing
+    c = hc.cold_coupling(ll, pairing, full_every=20, cadence_every=1)
+    assert c.max_lag == 2 and c.min_points == 7 and c.detrend == "none"  # ±40 steps = ±2 cold points
+    assert hc.cold_coupling(ll, pairing, full_every=1, cadence_every=1).max_lag == ll.max_lag
+    walk = _leading_series(1, n=60)  # κ leads by one point
+    cold = walk.assign(step=walk.step * 20, hessian_top1=1.0, hessian_condition=walk.lambda_max,
+                       hessian_concentration=walk.lambda_max ** 2)
+    runs = pd.DataFrame({"run": ["marginal/s0"], "regime": ["marginal"], "kind": ["marginal"], "seed": [0],
+                         "diverged_at": [math.nan]})
+    t = hc.conditioning_lead_lag(cold, runs, ll.model_copy(update={"surrogates": 99}), c.model_copy(
+        update={"surrogates": 99}), 20).set_index("hessian_metric")
+    assert (t.lead_steps == 20).all() and (t.direction == "weights lead").all() and (t.p_value <= 0.02).all()
+
+
+def _cond_table(lags, pvals, kinds, n=10.0):
+    t = _table(lags, pvals, kinds)
+    t = t[t.view == "levels"].drop(columns=["view", "primary"])
+    return pd.concat([t.assign(hessian_metric=m, n=n) for m in hc.CONDITIONING], ignore_index=True)
+
+
+def test_conditioning_and_pairing_verdicts(default):
+    kinds = ["stable", "marginal", "marginal", "marginal", "unstable", "unstable"]
+    s = _summary(kinds)
+    coupled = _table([0, -5, -3, -8, -2, -4], [0.5, 0.002, 0.002, 0.004, 0.002, 0.01], kinds)
+
+    def rows(pairing=None, cond=None, runs=default.runs, report=default.report):
+        out = hc_findings.findings(_analysis(s, coupled, runs, pairing, cond), report)
+        return {r["id"].removeprefix("hessian_coevolution."): r for r in out}
+
+    cond = _cond_table([0, 20, 20, 40, 20, 20], [0.5, 0.002, 0.002, 0.004, 0.002, 0.01], kinds)
+    v = rows(cond=cond)
+    # H1 on conditioning: measured every 20 steps, a 1-step lead is below the cadence and 10 points are few
+    row = v["weights_lead_hessian_conditioning"]
+    assert row["verdict"] == "not comparable" and "weights lead significantly in 5/5 runs" in row["measured"]
+    assert "smallest predicted lead in series points 0.05 (needs ≥ 1)" in row["why"]
+    assert "points per analysed run (fewest) 10 (needs ≥ 100)" in row["why"]
+    assert "lag range ± steps vs the largest predicted lead 40 (needs ≥ 30)" in row["why"]  # ±2 cold points
+    # with the conditioning every step and enough points the same leads decide
+    every = default.runs.model_copy(update={"hessian": default.runs.hessian.model_copy(update={"full_every": 1})})
+    v = rows(cond=_cond_table([0, 20, 20, 40, 20, 20], [0.5, 0.002, 0.002, 0.004, 0.002, 0.01], kinds, n=200.0),
+             runs=every)
+    assert v["weights_lead_hessian_conditioning"]["verdict"] == "reproduced"
+    # the surrogates find coupling, the pairing null does not: trend shared by the regime, not coupling
+    v = rows(pairing=_pairing(p_value=0.5))
+    assert v["spectra_coupled"]["verdict"] == "not reproduced" and v["conditioning_coupled"]["verdict"] == "not reproduced"
+    assert "5/6 runs with ≥ 1 of 5 weight metrics coupled to λ_max beyond phase surrogates" in v["spectra_coupled"]["measured"]
+    assert "pairing p 0.5 (8 runs, 3 regimes, 72 pairings)" in v["spectra_coupled"]["measured"]
+    assert "smallest detectable pairing-null p (1/pairings; claimed: half of α/1) 0.0139 vs claimed 0.025" in \
+        v["conditioning_coupled"]["why"]
+    # two regimes of 3 and 2 runs: 12 pairings, p ≥ 1/12 can never reach α: too little power for a negative
+    v = rows(pairing=_pairing(p_value=0.5, min_p=1 / 12, runs=5))
+    assert v["spectra_coupled"]["verdict"] == v["conditioning_coupled"]["verdict"] == "inconclusive"
+    v = rows(pairing=_pairing(p_value=1 / 72))
+    assert v["spectra_coupled"]["verdict"] == v["conditioning_coupled"]["verdict"] == "reproduced"
+    # falsifier 1 is judged on the mean over the weight metrics (one test), κ alone is shown beside it
+    v = rows(pairing=_pairing(p_value=1 / 72, kappa_p=0.5))
+    assert v["spectra_coupled"]["verdict"] == "reproduced" and v["conditioning_coupled"]["verdict"] == "not reproduced"
+    assert "kappa alone: matched max abs r 0.8 vs mismatched 0.4, pairing p 0.5" in v["spectra_coupled"]["measured"]
+    # λ_max first in 3 runs at the edge, weights first in 2: the sign test does not reject, with the power to
+    sig = [0.5, 0.002, 0.002, 0.004, 0.002, 0.01]
+    out = {r["id"]: r for r in hc_findings.findings(_analysis(s, _table([0, -5, 3, -8, 2, -4], sig, kinds),
+                                                                default.runs), default.report)}
+    row = out["hessian_coevolution.hessian_leads_weights"]
+    assert row["verdict"] == "not reproduced" and "λ_max first in 3, the weights first in 2" in row["measured"]
+    # only the runs with a significant pair vote: 3 voters reach p ≥ 1/8 > α, too few for a negative
+    out = {r["id"]: r for r in hc_findings.findings(_analysis(s, _table([0, -5, 3, -8, 2, -4], [0.5, 0.002, 0.4, 0.002, 0.3, 0.01], kinds),
+                                                                default.runs), default.report)}
+    row = out["hessian_coevolution.hessian_leads_weights"]
+    assert row["verdict"] == "inconclusive" and "no significant pair 2, of 5" in row["measured"]
+    assert "sign-test p with all 3 voting runs agreeing (0.5^n; claimed: α) 0.125 vs claimed 0.05" in row["why"]
+    three = _summary(["marginal"] * 3)
+    out = hc_findings.hessian_leads_weights(_analysis(three, _table([-5, -3, -8], [0.002] * 3, ["marginal"] * 3),
+                                                      default.runs), default.report)
+    assert out[0]["verdict"] == "not comparable"  # 3 runs at the edge: below min_runs

@@ -32,10 +32,18 @@ def test_notebook_opens_as_a_notebook_with_a_parameters_cell(stage):
     assert any("Findings vs the seed" in c["source"] for c in cells if c["cell_type"] == "markdown")
 
 
+def test_the_synthesis_notebook_has_only_an_out_dir_parameter():
+    cells = jupytext.read(Path(REPO, "notebooks", "synthesis.py")).cells
+    params = [c for c in cells if "parameters" in c["metadata"].get("tags", [])]
+    namespace: dict = {}
+    exec(params[0]["source"], namespace)
+    assert len(params) == 1 and {k for k in namespace if not k.startswith("__")} == {"out_dir"}
+
+
 def test_every_notebook_belongs_to_a_stage():
     scripts = {p.stem for p in Path(REPO, "notebooks").glob("*.py")}
-    assert scripts == set(STAGES)
-    for stage in STAGES:
+    assert scripts == {*STAGES, "synthesis"}
+    for stage in (*STAGES, "synthesis"):
         assert jupytext.read(Path(REPO, "notebooks", f"{stage}.py")).metadata["kernelspec"]["name"] == "python3"
 
 
@@ -90,7 +98,7 @@ def _committed_notebooks() -> list[Path]:
 
 
 def test_every_stage_has_a_committed_executed_notebook():
-    assert {p.parent.name for p in _committed_notebooks()} == set(STAGES)
+    assert {p.parent.name for p in _committed_notebooks()} == {*STAGES, "synthesis"}
 
 
 @pytest.mark.parametrize("path", _committed_notebooks(), ids=lambda p: p.parent.name)

@@ -39,7 +39,7 @@ def test_unknown_key_names_the_key_and_the_allowed_ones():
 
 def test_nested_unknown_key_lists_the_nested_fields():
     bad = _grokking(conditions=[{"name": "x", "op": "add", "weight_decay": 1.0, "wd": 2}])
-    with pytest.raises(ParamsError, match=r"grokking.runs.conditions.0.wd = 2: unknown key \(allowed: name, op, weight_decay, role, steps, shuffle_labels\)"):
+    with pytest.raises(ParamsError, match=r"grokking.runs.conditions.0.wd = 2: unknown key \(allowed: name, op, weight_decay, role, steps, shuffle_labels, seeds, cadence_every, cadence_log_points\)"):
         load_params("grokking", bad)
 
 

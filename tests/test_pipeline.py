@@ -60,6 +60,18 @@ def test_study_writes_each_report_and_its_tables(clone, stage):
     notebook = (out / f"{stage}.ipynb").read_text()
     assert "Findings vs the seed" in notebook and '"output_type": "error"' not in notebook
     assert json.loads((out / "metrics.json").read_text())["findings"]
+    assert json.loads((out / "findings.json").read_text())  # the rows the synthesis stage reads
+
+
+def test_the_synthesis_assembles_every_studys_verdicts(clone):
+    dest, _, _ = clone
+    out = dest / "reports" / "synthesis"
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = sum(len(json.loads((dest / "reports" / s / "findings.json").read_text())) for s in STAGES)
+    assert sum(metrics["total"].values()) == rows and set(metrics["studies"]) == set(STAGES)
+    notebook = (out / "synthesis.ipynb").read_text()
+    assert "The scoreboard" in notebook and '"output_type": "error"' not in notebook
+    assert (out / "figures" / "scoreboard.png").exists()
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -114,11 +126,12 @@ def test_editing_analysis_side_code_reruns_notebooks_and_never_a_training_stage(
     assert _stale_after_editing(dest, env, "src/gradience/studies/grokking/findings.py", sentence) == {"grokking"}
     assert _stale_after_editing(dest, env, "src/gradience/studies/spectral_edge/analysis.py", sentence) == {"spectral_edge"}
     reports = _stale_after_editing(dest, env, "src/gradience/reporting.py", sentence)
-    assert reports == set(STAGES), reports  # the verdict rule: every notebook, no training stage
+    assert reports == {*STAGES, "synthesis"}, reports  # the verdict rule: every notebook, no training stage
     claims = _stale_after_editing(dest, env, "src/gradience/claims/registry.yaml", lambda t: t + "\n# edited\n")
-    assert claims == set(STAGES), claims
-    for path in ("src/gradience/cli.py", "src/gradience/studies/registry.py"):
-        assert _stale_after_editing(dest, env, path, sentence) == set(), path
+    assert claims == {*STAGES, "synthesis"}, claims
+    assert _stale_after_editing(dest, env, "src/gradience/cli.py", sentence) == set()
+    # the list of studies: only the synthesis, which reads every study's findings, depends on it
+    assert _stale_after_editing(dest, env, "src/gradience/studies/registry.py", sentence) == {"synthesis"}
     assert _stale_after_editing(dest, env, "src/gradience/studies/grokking/runs.py", sentence) >= {"grokking_runs"}
 
 

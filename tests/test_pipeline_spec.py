@@ -24,7 +24,7 @@ def test_committed_dvc_yaml_is_the_generated_one():
 def test_each_study_is_a_training_stage_and_a_report_stage():
     spec = yaml.safe_load(pipeline.render())["stages"]
     weights = {f"weights_{name}" for stage in STAGES for name in pipeline.base_models(stage)}
-    assert set(spec) == {s for stage in STAGES for s in (stage, f"{stage}_runs")} | weights
+    assert set(spec) == {s for stage in STAGES for s in (stage, f"{stage}_runs")} | weights | {"synthesis"}
     for stage in STAGES:
         runs, report = spec[f"{stage}_runs"], spec[stage]
         assert runs["params"] == [f"{stage}.runs"] and report["params"] == [f"{stage}.report"]
@@ -42,7 +42,19 @@ def test_each_study_is_a_training_stage_and_a_report_stage():
             assert needed in report["deps"], needed
 
 
-REPORT_SIDE = ("src/gradience/reporting.py", "src/gradience/plots.py", "src/gradience/runner.py",
+def test_the_synthesis_stage_reads_every_studys_findings_and_trains_nothing():
+    spec = yaml.safe_load(pipeline.render())["stages"]
+    synth = spec["synthesis"]
+    assert synth["cmd"] == "python -m gradience.synthesis"
+    assert {f"reports/{s}/findings.json" for s in STAGES} <= set(synth["deps"])
+    assert pipeline.CLAIM_REGISTRY in synth["deps"] and "notebooks/synthesis.py" in synth["deps"]
+    assert not [d for d in synth["deps"] if "/tables" in d or d.endswith(".ipynb")]  # no tables, no notebook
+    assert synth["metrics"] == [{"reports/synthesis/metrics.json": {"cache": False}}]
+    for stage in STAGES:
+        assert {"reports/" + stage + "/findings.json": {"cache": False}} in spec[stage]["outs"]
+
+
+REPORT_SIDE = ("src/gradience/reporting.py", "src/gradience/synthesis.py", "src/gradience/plots.py", "src/gradience/runner.py",
                "src/gradience/cli.py", "src/gradience/__main__.py", "src/gradience/pipeline.py",
                "src/gradience/verify.py", "src/gradience/studies/notebook.py", "src/gradience/studies/registry.py",
                "src/gradience/claims/registry.yaml")

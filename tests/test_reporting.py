@@ -1,8 +1,18 @@
 """The shared verdict rule: "not reproduced" only with the budget the claim needs."""
 
+import pandas as pd
 import pytest
 
-from gradience.reporting import Budget, Power, claim_kind, claims, judge, judged
+from gradience.reporting import (
+    Budget,
+    Power,
+    claim_kind,
+    claims,
+    judge,
+    judged,
+    judged_per_task,
+    verdict_counts,
+)
 
 CLOCK_OK = Budget("lr·wd·steps", 12.0, 10.0)
 CLOCK_SHORT = Budget("lr·wd·steps", 0.9, 10.0)
@@ -80,3 +90,40 @@ def test_judged_row_carries_claim_and_budget():
     assert row["verdict"] == "not reproduced"
     assert row["why"] == "outcome differs; lr·wd·steps 12 (needs ≥ 10)"
     assert row["seed"].startswith("yes")
+
+
+SEEDS_OK, SEEDS_SHORT = Budget("seeds", 3, 3), Budget("seeds", 1, 3)
+PER_TASK = {"A": [CLOCK_OK, SEEDS_OK], "B": [CLOCK_SHORT, SEEDS_SHORT]}  # one budget set per task
+
+
+@pytest.mark.parametrize(("claim_id", "results", "verdict"), [
+    # an event (edge_dominance): shown in a short task is still shown
+    ("spectral_edge.edge_dominance", {"A": (True, "a"), "B": (True, "b")}, "reproduced"),
+    ("spectral_edge.edge_dominance", {"A": (True, "a"), "B": (False, "b")}, "not comparable"),  # B too short
+    ("spectral_edge.edge_dominance", {"A": (False, "a"), "B": (True, "b")}, "not reproduced"),  # A: every budget met
+    # a comparison (ablation_critical): the short task cannot decide either way
+    ("spectral_edge.ablation_critical", {"A": (True, "a"), "B": (True, "b")}, "not comparable"),
+    ("spectral_edge.ablation_critical", {"A": (True, "a")}, "reproduced"),
+    ("spectral_edge.ablation_critical", {"A": (False, "a")}, "inconclusive"),  # a negative with no stated power
+    ("spectral_edge.ablation_critical", {"A": (None, "a")}, "inconclusive"),
+])
+def test_judged_per_task_combines_each_tasks_verdict(claim_id, results, verdict):
+    row = judged_per_task(claim_id, results, PER_TASK, "why")
+    assert row["verdict"] == verdict
+    assert all(f"{t}: " in row["measured"] for t in results)
+
+
+def test_judged_per_task_uses_the_tasks_one_budget_set_and_power():
+    row = judged_per_task("spectral_edge.ablation_critical", {"A": (False, "ratio 3")}, PER_TASK, "holds when > 10",
+                          power={"A": ENOUGH})
+    assert row["verdict"] == "not reproduced"  # every budget of A met, and power to see the claimed effect
+    assert row["measured"] == "A: ratio 3 (not reproduced)"
+    assert row["why"] == ("holds when > 10; A: lr·wd·steps 12 (needs ≥ 10); seeds 3 (needs ≥ 3); smallest detectable "
+                          "accuracy difference (points) 3 vs claimed 5")
+    with pytest.raises(KeyError, match="no budget set for task"):
+        judged_per_task("spectral_edge.ablation_critical", {"C": (True, "c")}, PER_TASK, "why")
+
+
+def test_verdict_counts_name_all_four_verdicts_zeros_included():
+    table = pd.DataFrame({"verdict": ["reproduced", "reproduced", "inconclusive"]})
+    assert verdict_counts(table) == {"reproduced": 2, "not reproduced": 0, "not comparable": 0, "inconclusive": 1}

@@ -138,11 +138,13 @@ def test_findings_on_synthetic_tables():
 def test_no_grokking_delay_or_no_headroom_is_not_comparable():
     v, a = _verdicts(_synthetic(two_phase=False, recover=False, flat=False, test_fit=50))  # test fits with train
     assert np.allclose(a.per_run.grok_delay, 1.0)
-    for claim in ("two_phases", "perturbation_flat", "wd_removal"):
-        assert v[claim] == "not comparable", claim
+    for claim in ("two_phases", "perturbation_flat", "wd_removal", "ablation_critical"):
+        assert v[claim] == "not comparable", claim  # one budget set per task: the same missing delay on every row
     why = {r["id"].split(".")[1]: r["why"] for r in findings.findings(a, analysis.ReportParams())}
-    assert "Dyck-1: grokking delay, test-fit ÷ train-fit step (fewest seeds) 1 (needs ≥ 2)" in why["two_phases"]
-    assert v["ablation_critical"] == "reproduced"  # not a claim about the phases
+    short = "grokking delay, test-fit ÷ train-fit step (fewest seeds) 1 (needs ≥ 2)"
+    assert f"Dyck-1: short of budget: {short}" in why["two_phases"]
+    assert f"Dyck-1: short of budget: {short}" in why["ablation_critical"]
+    assert v["edge_dominance"] == "reproduced"  # an event shown needs no budget
 
 
 def test_findings_negative_and_short_budget():
@@ -175,7 +177,7 @@ def test_short_decay_clock_is_not_comparable_not_not_reproduced():
     assert v["two_phases"] == "not comparable" and v["probes_reencoded"] == "not comparable"
     assert v["wd_removal"] == "not comparable"  # clock 0.05 from the fit to the removal
     rows = {r["id"].split(".")[1]: r["why"] for r in findings.findings(a, analysis.ReportParams())}
-    assert "short of budget: Dyck-1: lr·wd·steps after the fit 0.15 (needs ≥ 1)" in rows["perturbation_flat"]
+    assert "Dyck-1: short of budget: lr·wd·steps after the fit 0.15 (needs ≥ 1)" in rows["perturbation_flat"]
     assert "lr·wd·steps from the fit to the removal 0.05" in rows["wd_removal"]
     v, _ = _verdicts(_synthetic(two_phase=False, recover=False, flat=False, lr=1e-3), min_decay_clock=0.1)
     # budgets met, a comparison's negative without stated power; the removal's clock 0.05 still short
@@ -253,7 +255,7 @@ def test_a_claim_for_every_task_is_judged_per_task():
     assert two["verdict"] == "not comparable"  # Dyck-1 reproduced, SCAN short of its grokking delay
     assert "Dyck-1: gradient share" in two["measured"] and "(reproduced); SCAN:" in two["measured"]
     assert two["measured"].endswith("0/3 seeds switch (not comparable)")
-    assert "; short of budget: SCAN: grokking delay" in two["why"] and "Dyck-1: Dyck-1" not in two["why"]
+    assert "; SCAN: short of budget: grokking delay" in two["why"] and "Dyck-1: Dyck-1" not in two["why"]
     assert rows["edge_dominance"]["verdict"] == "reproduced"  # σ1/σ2 = 3 in both tasks
     a.per_run.loc[a.per_run.task == "scan", "grok_delay"] = 2.4  # SCAN's budget met: its failure counts
     assert {r["id"]: r["verdict"] for r in findings.findings(a, analysis.ReportParams())}["spectral_edge.two_phases"] == "not reproduced"
@@ -281,4 +283,4 @@ def test_per_task_comparison_without_power_beside_a_reproduced_task():
     a.per_run.loc[a.per_run.task == "scan", "grok_delay"] = 1.0
     row = {r["id"]: r for r in findings.findings(a, analysis.ReportParams())}["spectral_edge.perturbation_flat"]
     assert "(inconclusive); SCAN:" in row["measured"] and row["measured"].endswith("(not comparable)")
-    assert row["verdict"] == "not comparable" and "short of budget: SCAN: grokking delay" in row["why"]
+    assert row["verdict"] == "not comparable" and "SCAN: short of budget: grokking delay" in row["why"]

@@ -46,6 +46,26 @@ def write_metrics(out_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
     return path
 
 
+FINDINGS_FILE = "findings.json"
+
+
+def write_findings(out_dir: str | Path, table: pd.DataFrame) -> Path:
+    """``findings.json``: the Findings rows (claim id, verdict, measured, why), which the synthesis stage
+    reads; the claim's wording and published value stay in the registry."""
+    path = Path(out_dir) / FINDINGS_FILE
+    rows = table[["id", "verdict", "measured", "why"]].to_dict(orient="records")
+    path.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_findings(path: str | Path) -> pd.DataFrame:
+    """The rows of a ``findings.json`` (a clear error when it is missing)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no {path}: run that study's report stage (`dvc repro {path.parent.name}`) first")
+    return pd.DataFrame(json.loads(path.read_text()), columns=["id", "verdict", "measured", "why"])
+
+
 def mean_spread(values: Iterable[float], fmt: str = "{:,.3g}") -> str:
     """``mean ± sd (n=k)`` over the finite values; ``—`` when there are none."""
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
@@ -202,6 +222,43 @@ def judged(claim_id: str, measured: str, holds: bool | None, why: str, budgets: 
     is followed by the budget (and power) sentence."""
     verdict, budget = judge(holds, budgets, claim_kind(claim_id), power)
     return finding(claim_id, measured, verdict, "; ".join(x for x in (why, budget) if x))
+
+
+def combined(verdicts: Iterable[Verdict]) -> Verdict:
+    """One verdict from several parts of a claim (its tasks, or the claims behind one statement): "not
+    reproduced" when any part is, "reproduced" when every part is, else "not comparable" when a part is
+    short of budget, else "inconclusive" (also for no parts at all)."""
+    got = set(verdicts)
+    if "not reproduced" in got:
+        return "not reproduced"
+    if got == {"reproduced"}:
+        return "reproduced"
+    return "not comparable" if "not comparable" in got else "inconclusive"
+
+
+def judged_per_task(claim_id: str, results: Mapping[str, tuple[bool | None, str]],
+                    budgets: Mapping[str, Sequence[Budget]], why: str,
+                    power: Mapping[str, Power] | None = None) -> dict[str, str]:
+    """One Findings row for a claim made for every task, each task judged on its own runs by :func:`judge`.
+
+    ``results``: per task label, whether the measurement agrees and its text. ``budgets``: per task label,
+    THE budget set of that task: a study computes it once and passes the same mapping to every per-task
+    row, so the same missing headroom gets the same label on every row. ``power``: per task, where stated.
+
+    The row is "not reproduced" when any task is (a task that contradicts the claim with every budget met
+    is a negative for that task, whatever the others show); "reproduced" when every task is; else "not
+    comparable" when a task is short of budget; else "inconclusive". The measured text names each task's
+    verdict.
+    """
+    missing = [t for t in results if t not in budgets]
+    if missing:
+        raise KeyError(f"no budget set for task(s) {missing}: every task judged needs its one budget set")
+    kind = claim_kind(claim_id)
+    verdicts = {t: judge(h, budgets[t], kind, (power or {}).get(t)) for t, (h, _) in results.items()}
+    verdict = combined([v for v, _ in verdicts.values()])
+    measured = "; ".join(f"{t}: {text} ({verdicts[t][0]})" for t, (_, text) in results.items())
+    said = "; ".join(f"{t}: {verdicts[t][1]}" for t in results if verdicts[t][1])
+    return finding(claim_id, measured, verdict, "; ".join(x for x in (why, said) if x))
 
 
 def findings_table(rows: Iterable[dict[str, str]]) -> pd.DataFrame:

@@ -31,7 +31,7 @@ from gradience.studies.protocol import TABLES_DIR
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 FAILED_DIR = Path(".gradience/failed")
 REQUIRED_OUTPUTS = ("metrics.json",)
-REPORT_OUTPUTS = ("{stage}.ipynb", "figures", "plots", "metrics.json")
+REPORT_OUTPUTS = ("{stage}.ipynb", "figures", "plots", "metrics.json", "findings.json")
 
 
 class StageFailed(RuntimeError):
@@ -72,7 +72,13 @@ def run_report(
     if not (out / TABLES_DIR).is_dir():
         raise FileNotFoundError(f"no tables in {out / TABLES_DIR}/: run `dvc repro {stage}_runs` "
                                 f"(or `gradience train {stage}`) first")
-    outputs = report_outputs(stage, reports)
+    parameters = {"stage": stage, "report": params.report.model_dump(mode="json"), "out_dir": str(out)}
+    return execute(stage, script, out, parameters, report_outputs(stage, reports), progress)
+
+
+def execute(stage: str, script: Path, out: Path, parameters: dict, outputs: list[Path], progress: bool = True) -> Path:
+    """papermill ``script`` into ``out/<stage>.ipynb`` with ``parameters``: ``outputs`` are cleared first,
+    and removed again if the notebook fails (kept in ``.gradience/failed/``) or writes no ``metrics.json``."""
     _clear(outputs)
     (out / "figures").mkdir(parents=True)
     executed = out / f"{stage}.ipynb"
@@ -83,8 +89,7 @@ def run_report(
             with quiet():  # the kernel inherits it: no bars in the executed notebook
                 papermill.execute_notebook(
                     str(source), str(executed), kernel_name=KERNELSPEC["name"], progress_bar=progress,
-                    log_output=progress, cwd=str(Path.cwd()),
-                    parameters={"stage": stage, "report": params.report.model_dump(mode="json"), "out_dir": str(out)},
+                    log_output=progress, cwd=str(Path.cwd()), parameters=parameters,
                 )
             _name_the_source(executed, script)
             missing = [name for name in REQUIRED_OUTPUTS if not (out / name).exists()]

@@ -2,7 +2,7 @@
 
 A report notebook calls :func:`open_report` (params and tables, under papermill or interactively),
 the study's ``analysis.analyse``, draws figures, and ends with :func:`write_report`, which writes
-``metrics.json`` (with all four verdict counts) and the ``dvc plots`` curves, and returns the
+``metrics.json`` (with all four verdict counts), ``findings.json`` and the ``dvc plots`` curves, and returns the
 Findings table. Everything written is computed by the study's functions from the tables.
 """
 
@@ -20,7 +20,7 @@ import pandas as pd
 from pydantic import Field, create_model
 
 from gradience.config import PARAMS_FILE, read_params_file, validate_section
-from gradience.reporting import findings_table, verdict_counts, write_metrics
+from gradience.reporting import findings_table, verdict_counts, write_findings, write_metrics
 from gradience.studies.grid import StageSection, runs_module
 from gradience.studies.protocol import RUN_PARAMS_FILE, TABLES_DIR, ReportParams, Tables
 
@@ -77,13 +77,15 @@ def step_curves(frame: pd.DataFrame, by: str | list[str], metrics: dict[str, str
 
 
 def write_report(stage: str, analysis: Any, p: ReportParams, out_dir: str | Path) -> pd.DataFrame:
-    """Write ``metrics.json`` and ``plots/<curve>.csv``; return the Findings table."""
+    """Write ``metrics.json``, ``findings.json`` (the Findings rows, which the synthesis stage reads) and
+    ``plots/<curve>.csv``; return the Findings table."""
     out = Path(out_dir)
     ana, fin = study_part(stage, "analysis"), study_part(stage, "findings")
     table = findings_table(fin.findings(analysis, p))
     metrics = dict(ana.metrics(analysis, p))
     metrics["findings"] = verdict_counts(table)
     write_metrics(out, metrics)
+    write_findings(out, table)
     curves = ana.curves(analysis, p)
     plots = out / "plots"
     shutil.rmtree(plots, ignore_errors=True)

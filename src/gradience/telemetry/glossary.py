@@ -1,4 +1,5 @@
-"""Every metric name in the telemetry, defined once. ``README.md`` carries this table (a test checks)."""
+"""Every metric name in the telemetry, defined once. ``docs/glossary.md`` is this table, written by
+``python -m gradience.telemetry.glossary`` (a test keeps the two equal)."""
 
 from __future__ import annotations
 
@@ -167,3 +168,24 @@ def undefined(metrics: set[str]) -> set[str]:
 def markdown() -> str:
     rows = "\n".join(f"| `{name}` | {text} |" for name, text in GLOSSARY.items())
     return "| metric | definition |\n| --- | --- |\n" + rows
+
+
+PAGE = "docs/glossary.md"
+
+
+def page() -> str:
+    """``docs/glossary.md``: the glossary as a page."""
+    return ("# Metric glossary\n\n"
+            "Every metric name in the telemetry tables (`metric` column), defined once in "
+            "`src/gradience/telemetry/glossary.py`; this page is written from it by "
+            "`python -m gradience.telemetry.glossary` (a test keeps the two equal). The per-run quantities of "
+            "each study (grok step, κ_recovery, lead times, verdict rules) are defined in the docstrings of its "
+            "`src/gradience/studies/<study>/` modules. A name with `{i}` stands for a numbered family "
+            "(`hessian_top1`, `hessian_top2`, …).\n\n" + markdown() + "\n")
+
+
+if __name__ == "__main__":
+    from pathlib import Path
+
+    Path(PAGE).write_text(page())
+    print(f"wrote {PAGE}")

@@ -14,11 +14,18 @@ Definitions used by the verdicts (``report.analysis`` params; every free choice 
   singular pairs. A = 1 at step 0 by construction; A > 1: the Fisher concentrates in the directions
   the weights have learned, beyond the structure a network has at initialisation. (Enrichment over
   a random direction, r²/mn, is logged too; it is far above 1 already at W₀.)
-- **Matched loss.** Regimes are compared at the first cadence step at which each run's training
-  loss is ≤ ``analysis.matched_loss`` = L* (nats), before any divergence; the H3 statistic of a run
-  is min A(t) from the first step with train loss ≤ ``analysis.start_loss`` to that step, i.e. over
-  the same loss range in every regime (the first steps, where A rises from 1 as the weights start
-  to move, are left out alike). A run that never reaches L* counts against a budget.
+- **Matched loss, on a fixed loss grid.** Each run's pre-divergence series is read at the same
+  ``analysis.grid_points`` loss levels, evenly spaced from ``analysis.start_loss`` down to
+  ``analysis.matched_loss`` = L* (nats): at each level ℓ, the first passage of the training loss
+  below ℓ, linearly interpolated (in loss) between the last cadence point above ℓ and the first at
+  or below it (:func:`loss_grid`). Every run so has the same number of points in the window,
+  whatever its speed (a min over 22 raw points against one over 2 would bias the fast runs up).
+  The H3 statistic of a run is min A over the grid; "at L*" values are the grid's last level.
+  A run that never reaches L* counts against a budget.
+- **The η-matched comparison.** Comparisons are judged between ``analysis.reference`` (a stable
+  regime; by default the unstable arm's own ramp capped below the edge, :mod:`.runs`) and the
+  unstable regime, so a difference is not just small η against large η; the slow stable arm's
+  values are shown beside them.
 - **H3 threshold on held-out seeds.** T is chosen on the runs of ``analysis.calibration_seeds`` (the
   midpoint of the gap that best separates stable from unstable min A, balanced accuracy) and
   scored on the other seeds: H3 holds if every held-out stable run stays above T and every held-out
@@ -26,9 +33,16 @@ Definitions used by the verdicts (``report.analysis`` params; every free choice 
 - "Instability ≈ low NG alignment" (Protocol C, step 4) and "instability ≈ extreme anisotropy"
   compare the regimes at matched loss with a one-sided Mann–Whitney test at ``analysis.alpha``
   (needs ≥ 4 runs per regime at L* to reach p < 0.05).
-- Falsifier 3 ("Fisher and weight spectra are unrelated in practice") is tested on
-  ``analysis.pairs`` of (weight metric, Fisher metric) series: detrended cross-correlation with a
-  surrogate p-value (:func:`lm_regimes.analysis.coupling_test`), Bonferroni over the pairs, and on A(t).
+- Falsifier 3 ("Fisher and weight spectra are unrelated in practice") against a **cross-seed null**
+  (:func:`cross_seed_table`): at L*, the share of the (top-``vector_k``) Fisher of run i inside the
+  top-r singular subspaces of its own weights, against the same share with the weights of every
+  other run j of the same regime at the same loss. If the Fisher were unrelated to its own weight
+  spectra, W_i would be exchangeable with the W_j and the rank of the own share among the m + 1
+  uniform; the test (:func:`cross_seed_test`) is the mean rank fraction against that null
+  (exact distribution of a sum of independent uniform ranks). The W₀ ratio A(t) cannot fail this
+  way (W_t − W₀ is written by the gradients whose span F is), so it is reported, not judged.
+  The co-variation of (weight, Fisher) metric series (``analysis.pairs``: detrended
+  cross-correlation, surrogate p, Bonferroni) is reported beside it.
 """
 
 from __future__ import annotations
@@ -66,6 +80,8 @@ MATCHED_OFFSETS = (0.2, 0.1, 0.0, -0.1)  # nats above L*: the sensitivity of H3 
 
 class AnalysisParams(CouplingParams):
     kind: FisherKind = Field(default="true", description="the Fisher that carries the verdicts")
+    reference: str = Field(default="fast_stable", description="the stable regime compared with the unstable one")
+    grid_points: int = Field(default=9, ge=2, description="loss levels from start_loss to L*, every run read at each")
     damping: float = Field(default=0.0, ge=0, description="relative damping of the in-span NG alignment; 0: F⁺")
     matched_loss: float = Field(default=3.6, gt=0, description="L* (nats): regimes are compared where train loss first ≤ L*")
     calibration_seeds: list[int] = Field(default=[0, 1, 2, 3], min_length=1,
@@ -105,6 +121,13 @@ def check_measured(a: AnalysisParams, rp: RunParams) -> None:
     if a.damping != 0 and a.damping not in f.dampings:
         raise ValueError(f"fisher_geometry.report.analysis.damping={a.damping} is neither 0 (F⁺) nor among the measured "
                          f"fisher_geometry.runs.fisher.dampings={f.dampings}: change one, or rerun the training stage")
+    names = {r.name: r.kind for r in rp.regimes}
+    if names.get(a.reference) != "stable":
+        raise ValueError(f"fisher_geometry.report.analysis.reference={a.reference!r} must name a stable regime of "
+                         f"fisher_geometry.runs.regimes ({names})")
+    if f.vector_losses and (a.kind != f.vector_kind or not any(math.isclose(a.matched_loss, v) for v in f.vector_losses)):
+        raise ValueError(f"the cross-seed null needs vectors of the {a.kind!r} Fisher at L* = {a.matched_loss}: runs store "
+                         f"{f.vector_kind!r} at {f.vector_losses}; change one, or rerun the training stage")
     unknown = sorted(set(a.calibration_seeds) - set(rp.seeds))
     if unknown or not set(rp.seeds) - set(a.calibration_seeds):
         raise ValueError(f"fisher_geometry.report.analysis.calibration_seeds={a.calibration_seeds} must be a proper "
@@ -131,24 +154,56 @@ def matched_step(w: pd.DataFrame, level: float) -> float:
     return float(hit.step.iloc[0]) if len(hit) else math.nan
 
 
+def loss_grid(w: pd.DataFrame, columns: list[str], levels: np.ndarray) -> pd.DataFrame:
+    """One run's rows (by step) read at each loss level ℓ of ``levels``: the first passage of
+    ``train_loss`` to ≤ ℓ, linearly interpolated in loss between the point before it (loss > ℓ) and
+    it; the value at the first point when that is already ≤ ℓ; NaN rows for levels never reached.
+    Columns ``level``, ``step`` (interpolated too) and ``columns``."""
+    w = w.sort_values("step")
+    loss = w.train_loss.to_numpy(float)
+    vals = w[["step", *columns]].to_numpy(float)
+    out = np.full((len(levels), vals.shape[1]), np.nan)
+    for i, lev in enumerate(levels):
+        hit = np.flatnonzero(loss <= lev)
+        if not len(hit):
+            continue
+        k = hit[0]
+        if k == 0:
+            out[i] = vals[0]
+            continue
+        frac = (loss[k - 1] - lev) / (loss[k - 1] - loss[k])
+        out[i] = vals[k - 1] + frac * (vals[k] - vals[k - 1])
+    return pd.DataFrame(out, columns=["step", *columns]).assign(level=levels)
+
+
+def grid_levels(a: AnalysisParams, level: float | None = None) -> np.ndarray:
+    """The loss grid: ``a.grid_points`` levels from ``a.start_loss`` down to ``level`` (default L*)."""
+    return np.linspace(a.start_loss, a.matched_loss if level is None else level, a.grid_points)
+
+
 def run_summary(series: pd.DataFrame, runs: pd.DataFrame, a: AnalysisParams, level: float | None = None) -> pd.DataFrame:
-    """Per run, before divergence: the matched-loss step t* (train loss first ≤ ``level``, default
-    ``a.matched_loss``) and the values there; A(t) over the matched window (from the first step with
-    train loss ≤ ``a.start_loss`` to t*, the same loss range in every run: min, median) and over every
-    step > 0 before divergence (``{m}_min_all``; A = 1 at step 0 by construction); NG alignment,
-    span fraction, participation ratio at t* (and the participation ratio's pre-divergence minimum)."""
+    """Per run, before divergence: the matched-loss step t* (first cadence step with train loss ≤
+    ``level``, default ``a.matched_loss``); A over the loss grid (:func:`loss_grid`, ``start_loss`` →
+    ``level``, the same levels in every run: min, median; NaN unless the run reaches ``level``),
+    ``n_points`` = the raw cadence points in that window, and A over every step > 0 before divergence
+    (``{m}_min_all``; A = 1 at step 0 by construction); NG alignment, span fraction, participation
+    ratio at ``level`` (the grid's last level; and the participation ratio's pre-divergence minimum)."""
     level = a.matched_loss if level is None else level
+    levels = grid_levels(a, level)
+    cols = [*ALIGNMENTS.values(), "ng_alignment", "span_fraction", "fisher_eff_dim", "ng_alignment_full"]
     rows = []
     for rec in runs.itertuples():
         w = pre_divergence(series[series.run == rec.run], rec.diverged_at).dropna(subset=["fisher_top1"])
         t = matched_step(w, level)
         late = w[w.step > 0]
         start = matched_step(w, a.start_loss)
-        win = w[(w.step >= start) & (w.step <= t)] if np.isfinite(t) else w.iloc[:0]
-        at = w[w.step == t].iloc[0] if np.isfinite(t) else pd.Series(dtype=float)
-        row = {"run": rec.run, "matched_step": t, "n_points": len(win)}
+        raw = w[(w.step >= start) & (w.step <= t)] if np.isfinite(t) else w.iloc[:0]
+        g = loss_grid(w, [c for c in cols if c in w], levels) if np.isfinite(t) else pd.DataFrame(columns=cols)
+        at = g.iloc[-1] if len(g) else pd.Series(dtype=float)
+        row = {"run": rec.run, "matched_step": t, "n_points": len(raw), "grid_points": float(g[cols[0]].notna().sum())}
         for short, col in ALIGNMENTS.items():
-            row |= {f"{short}_min": float(win[col].min()), f"{short}_median": float(win[col].median()),
+            win = g[col] if col in g else pd.Series(dtype=float)
+            row |= {f"{short}_min": float(win.min()), f"{short}_median": float(win.median()),
                     f"{short}_min_all": float(late[col].min()), f"{short}_chance_median": float(
                         late[col.replace("_w0_", "_")].median())}
         for col in ("ng_alignment", "span_fraction", "fisher_eff_dim", "ng_alignment_full"):
@@ -174,14 +229,21 @@ def choose_threshold(stable: np.ndarray, unstable: np.ndarray) -> tuple[float, f
     return float(cand[k]), float(acc[k])
 
 
-def h3_test(summary: pd.DataFrame, measure: str, calibration_seeds: list[int]) -> dict[str, float]:
+def comparison_arms(summary: pd.DataFrame, reference: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The runs of the ``reference`` stable regime and of the unstable regime(s)."""
+    return summary[summary.regime == reference], summary[summary.kind == "unstable"]
+
+
+def h3_test(summary: pd.DataFrame, measure: str, calibration_seeds: list[int], reference: str) -> dict[str, float]:
     """Hypothesis 3 for one alignment ``measure`` on held-out seeds: T from the calibration seeds'
-    per-run min A (matched window; runs that reached L*), then how many held-out stable runs stay
-    above T and how many held-out unstable runs fall to or below it."""
+    per-run min A (loss grid; runs that reached L*) of the ``reference`` stable regime and the
+    unstable one, then how many held-out stable runs stay above T and how many held-out unstable
+    runs fall to or below it."""
     s = summary[summary.matched_step.notna() & summary[f"{measure}_min"].notna()]
-    cal = s.seed.isin(calibration_seeds)
+    arms = dict(zip(("stable", "unstable"), comparison_arms(s, reference), strict=True))
     col = f"{measure}_min"
-    part = {(k, c): s[(s.kind == k) & (cal if c else ~cal)][col].to_numpy() for k in ("stable", "unstable") for c in (1, 0)}
+    part = {(k, c): arms[k][arms[k].seed.isin(calibration_seeds) == bool(c)][col].to_numpy()
+            for k in ("stable", "unstable") for c in (1, 0)}
     if not all(len(v) for v in part.values()):
         return {"threshold": math.nan, "calibration_accuracy": math.nan, "heldout_stable": float(len(part["stable", 0])),
                 "heldout_unstable": float(len(part["unstable", 0])), "heldout_stable_above": math.nan,
@@ -202,7 +264,7 @@ def h3_sensitivity(series: pd.DataFrame, runs: pd.DataFrame, a: AnalysisParams) 
         level = a.matched_loss + off
         summary = run_summary(series, runs, a, level)
         rows += [{"matched_loss": level, "measure": m, "runs_reaching": float(summary.matched_step.notna().sum()),
-                  **h3_test(summary, m, a.calibration_seeds)} for m in ALIGNMENTS]
+                  **h3_test(summary, m, a.calibration_seeds, a.reference)} for m in ALIGNMENTS]
     return pd.DataFrame(rows)
 
 
@@ -221,6 +283,72 @@ def per_matrix_enrichment(telemetry: pd.DataFrame, runs: pd.DataFrame, a: Analys
     return w[["run", "regime", "step", "matrix", "share", "share_w0", "enrichment"]]
 
 
+def _top_subspaces(weights: pd.DataFrame, rank: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    out = {}
+    for rec in weights.itertuples():
+        W = np.asarray(rec.values, float).reshape(rec.rows, rec.cols)
+        U, _, Vh = np.linalg.svd(W, full_matrices=False)
+        r = min(rank, *W.shape)
+        out[rec.scope] = (U[:, :r], Vh[:r].T)
+    return out
+
+
+def fisher_share(fisher_rows: pd.DataFrame, subspaces: dict[str, tuple[np.ndarray, np.ndarray]]) -> float:
+    """Share of the stored (top-k, √λ-scaled) Fisher inside the matrices' subspaces span{u_a v_bᵀ}:
+    Σ ‖Uᵀ B V‖² / Σ ‖B‖² over eigenvectors and matrices (the :func:`fisher.subspace_share` ratio)."""
+    inside = energy = 0.0
+    for rec in fisher_rows.itertuples():
+        B = np.asarray(rec.values, float).reshape(rec.rows, rec.cols)
+        U, V = subspaces[rec.scope]
+        inside += float(((U.T @ B @ V) ** 2).sum())
+        energy += float((B * B).sum())
+    return inside / energy if energy > 0 else math.nan
+
+
+def cross_seed_table(vectors: pd.DataFrame, runs: pd.DataFrame, level: float, rank: int) -> pd.DataFrame:
+    """At loss ``level``: for every run i and every run j of the same regime with vectors there, the
+    share of F_i inside W_j's top-``rank`` singular subspaces (:func:`fisher_share`); ``own`` marks
+    j = i. Columns ``run, partner, regime, own, share``."""
+    cols = ["run", "partner", "regime", "own", "share"]
+    if not len(vectors):
+        return pd.DataFrame(columns=cols)
+    v = vectors[np.isclose(vectors.level, level)]
+    rows = []
+    for regime, g in runs[runs.run.isin(v.run)].groupby("regime", sort=False):
+        sub = {r: _top_subspaces(v[(v.run == r) & (v.item == "weight")], rank) for r in g.run}
+        for i in g.run:
+            fi = v[(v.run == i) & (v.item == "fisher")]
+            rows += [{"run": i, "partner": j, "regime": regime, "own": i == j, "share": fisher_share(fi, sub[j])}
+                     for j in g.run]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def cross_seed_test(table: pd.DataFrame, draws: int = 20000, seed: int = 0) -> dict[str, float]:
+    """Is each run's own share above its cross-seed shares? Per run i with m ≥ 1 partners, the rank
+    fraction u_i = (#{j: cross < own} + ½ #{ties}) / m; the statistic is the mean u. Under the null
+    (own weights exchangeable with the others') the own share's rank is uniform on 0…m, independently
+    across runs (taken as such): p = P(mean u ≥ observed) by ``draws`` draws. ``min_p`` = Π 1/(m_i + 1),
+    the p of every own share on top. ``ratio_median``: median over runs of own / median cross."""
+    us, ms, ratios = [], [], []
+    for _, g in table.groupby("run", sort=False):
+        own, cross = g[g.own].share.to_numpy(), g[~g.own].share.dropna().to_numpy()
+        if len(own) != 1 or not len(cross) or not np.isfinite(own[0]):
+            continue
+        us.append(((cross < own[0]).sum() + 0.5 * (cross == own[0]).sum()) / len(cross))
+        ms.append(len(cross))
+        ratios.append(own[0] / np.median(cross))
+    if not us:
+        return {"runs": 0.0, "mean_rank": math.nan, "p_value": math.nan, "min_p": math.nan, "ratio_median": math.nan,
+                "own_on_top": math.nan}
+    ms_a = np.asarray(ms)
+    rng = np.random.default_rng(seed)
+    null = (rng.integers(0, ms_a + 1, size=(draws, len(ms))) / ms_a).mean(1)
+    obs = float(np.mean(us))
+    return {"runs": float(len(us)), "mean_rank": obs, "p_value": float((1 + (null >= obs - 1e-12).sum()) / (1 + draws)),
+            "min_p": float(np.prod(1.0 / (ms_a + 1))), "ratio_median": float(np.median(ratios)),
+            "own_on_top": float((np.asarray(us) == 1).sum())}
+
+
 @dataclass
 class Analysis:
     runs: RunParams
@@ -231,6 +359,8 @@ class Analysis:
     h3: dict[str, dict[str, float]]  # alignment measure → :func:`h3_test`
     sensitivity: pd.DataFrame  # :func:`h3_sensitivity`
     per_matrix: pd.DataFrame  # :func:`per_matrix_enrichment`
+    cross_seed: pd.DataFrame  # :func:`cross_seed_table` at L*
+    cross_test: dict[str, float]  # :func:`cross_seed_test`
 
 
 def full_damping(a: AnalysisParams, rp: RunParams) -> float:
@@ -255,9 +385,12 @@ def analyse(tables: Tables[RunParams], p: ReportParams) -> Analysis:
     summary = run_summary(series, runs, a)
     coupling = coupling_table(series, runs, a.pairs, a, rp.cadence_every)
     coupling = coupling.rename(columns={"x_metric": "weight_metric", "y_metric": "fisher_metric"})
+    vectors = tables.frames.get("vectors", pd.DataFrame())
+    cross = cross_seed_table(vectors, runs, a.matched_loss, rp.fisher.overlap_rank)
     return Analysis(rp, tables.telemetry, series.merge(runs[["run", "regime", "seed"]], on="run"), summary, coupling,
-                    {m: h3_test(summary, m, a.calibration_seeds) for m in ALIGNMENTS},
-                    h3_sensitivity(series, runs, a), per_matrix_enrichment(tables.telemetry, runs, a))
+                    {m: h3_test(summary, m, a.calibration_seeds, a.reference) for m in ALIGNMENTS},
+                    h3_sensitivity(series, runs, a), per_matrix_enrichment(tables.telemetry, runs, a), cross,
+                    cross_seed_test(cross))
 
 
 def curves(a: Analysis, p: ReportParams) -> pd.DataFrame:
@@ -272,6 +405,7 @@ def metrics(a: Analysis, p: ReportParams) -> dict:
     for name, g in a.summary.groupby("regime", sort=False):
         c = a.coupling[a.coupling.regime == name]
         out[str(name)] = {
+            "lambda_edge_ratio_max": float(a.series[a.series.run.isin(g.run)].get("edge_ratio", pd.Series(dtype=float)).max()),
             "diverged_runs": float(g.outcome.isin(DIVERGED_OUTCOMES).sum()),
             "diverged_at_median": float(g.diverged_at.median()),
             "matched_step_median": float(g.matched_step.median()),
@@ -288,4 +422,4 @@ def metrics(a: Analysis, p: ReportParams) -> dict:
             "coupling_significant_bonferroni": float(c.significant_bonferroni.sum()),
             "coupling_tests": float(c.p_value.notna().sum()),
         }
-    return {"regimes": out, "h3": a.h3, "matched_loss": p.analysis.matched_loss}
+    return {"regimes": out, "h3": a.h3, "matched_loss": p.analysis.matched_loss, "cross_seed": a.cross_test}

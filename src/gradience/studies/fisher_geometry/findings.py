@@ -2,10 +2,12 @@
 
 Each verdict is a rule applied to the measured runs, judged against the budgets it needs (runs at
 L*, held-out seeds, diverged unstable runs) by :func:`gradience.reporting.judged`, by the claim's
-registered kind. The two Mann–Whitney regime comparisons state their power (:func:`_mw_power`: the
-smallest p the test can reach at the runs' numbers per regime), so too few runs make their negative
-inconclusive, never their positive; no other claim computes the power of its test, so its negative
-reads "inconclusive" (a negative needs stated power).
+registered kind. Regime comparisons are between ``analysis.reference`` (the η-matched stable arm)
+and the unstable regime; the slow stable arm's values are shown beside them. The two Mann–Whitney
+comparisons, the held-out H3 test and the cross-seed test of falsifier 3 state their power (the
+smallest p the test can reach at the runs' numbers, against half of α), so too few runs make their
+negative inconclusive, never their positive; the κ row computes no power, so its negative reads
+"inconclusive".
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from gradience.studies.fisher_geometry.analysis import (
     Analysis,
     AnalysisParams,
     ReportParams,
+    comparison_arms,
     full_damping,
 )
 from gradience.studies.lm_regimes.runs import DIVERGED_OUTCOMES
@@ -48,16 +51,24 @@ def _mw_power(high: pd.Series, low: pd.Series, alpha: float) -> Power:
                  "claimed: half of α)", 1 / math.comb(n1 + n2, n1) if n1 and n2 else math.nan, alpha / 2)
 
 
-def _regimes(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return summary[summary.kind == "stable"], summary[summary.kind == "unstable"]
+def _regimes(summary: pd.DataFrame, a: AnalysisParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The compared arms: the reference (η-matched) stable regime, the unstable one."""
+    return comparison_arms(summary, a.reference)
+
+
+def _slow(summary: pd.DataFrame, a: AnalysisParams, col: str) -> str:
+    """The other stable regimes' values of ``col``, shown beside the comparison (not judged)."""
+    other = summary[(summary.kind == "stable") & (summary.regime != a.reference)]
+    return "".join(f"; {name} (not compared): {mean_spread(g[col])}" for name, g in other.groupby("regime", sort=False))
 
 
 def _budgets(summary: pd.DataFrame, a: AnalysisParams) -> list[Budget]:
-    """What every regime comparison needs: every run at L* before divergence, and the unstable runs
-    diverged (the instability the claim is about happened)."""
-    unstable = summary[summary.kind == "unstable"]
-    return [Budget(f"runs reaching L* = {a.matched_loss:g} nats before divergence",
-                   float(summary.matched_step.notna().sum()), float(len(summary))),
+    """What every regime comparison needs: every compared run at L* before divergence, and the
+    unstable runs diverged (the instability the claim is about happened)."""
+    stable, unstable = _regimes(summary, a)
+    compared = pd.concat([stable, unstable])
+    return [Budget(f"compared runs reaching L* = {a.matched_loss:g} nats before divergence",
+                   float(compared.matched_step.notna().sum()), float(len(compared))),
             Budget("unstable runs that diverged", float(unstable.outcome.isin(DIVERGED_OUTCOMES).sum()),
                    float(max(1, len(unstable))))]
 
@@ -69,13 +80,17 @@ def _unmeasured(budgets: list[Budget]) -> bool | None:
 
 
 def regimes_differ(a: Analysis, p: ReportParams) -> list[Row]:
-    """The unstable regime is unstable (diverges), the stable one is not."""
-    stable, unstable = _regimes(a.summary)
+    """The unstable regime is unstable (diverges), the stable ones (slow, and η-matched below the edge) are not."""
+    summary = a.summary
+    stable, unstable = summary[summary.kind == "stable"], summary[summary.kind == "unstable"]
     div = unstable.outcome.isin(DIVERGED_OUTCOMES)
     steps = float(a.runs.steps) if a.runs is not None else math.nan
+    per = "; ".join(f"{name}: {int(g.outcome.isin(DIVERGED_OUTCOMES).sum())}/{len(g)} diverged"
+                    for name, g in stable.groupby("regime", sort=False))
+    edge = a.series.groupby("regime").edge_ratio.max() if "edge_ratio" in a.series else pd.Series(dtype=float)
+    per += "".join(f"; max η·λ_max/2 in {name}: {v:.2f}" for name, v in edge.dropna().items())
     return [judged("fisher_geometry.regimes_differ",
-                   f"unstable: {int(div.sum())}/{len(unstable)} diverged (step {mean_spread(unstable.diverged_at)}); "
-                   f"stable: {int(stable.outcome.isin(DIVERGED_OUTCOMES).sum())}/{len(stable)}",
+                   f"unstable: {int(div.sum())}/{len(unstable)} diverged (step {mean_spread(unstable.diverged_at)}); {per}",
                    bool(len(unstable) and div.all() and not stable.outcome.isin(DIVERGED_OUTCOMES).any()),
                    "the regimes must differ for the comparisons below to mean anything",
                    [Budget("steps of the stable runs vs the last unstable divergence step", steps,
@@ -85,30 +100,36 @@ def regimes_differ(a: Analysis, p: ReportParams) -> list[Row]:
 def _h3_row(a: Analysis, ap: AnalysisParams, measure: str) -> Row:
     """H3 with one alignment measure: T from the calibration seeds, scored on the held-out seeds."""
     h, summary = a.h3[measure], a.summary
-    stable, unstable = _regimes(summary)
+    stable, unstable = _regimes(summary, ap)
     cal = sorted(set(ap.calibration_seeds))
     held = sorted(set(summary.seed) - set(cal))
     sens = a.sensitivity[a.sensitivity.measure == measure] if len(a.sensitivity) else a.sensitivity
-    measured = (f"{ap.kind} Fisher, A = alignment over W₀'s, min over the loss range {ap.start_loss:g}→L* nats: stable "
-                f"{mean_spread(stable[f'{measure}_min'])}, unstable {mean_spread(unstable[f'{measure}_min'])}; "
+    measured = (f"{ap.kind} Fisher, A = alignment over W₀'s, min over {ap.grid_points} loss levels {ap.start_loss:g}→L* "
+                f"nats: {ap.reference} {mean_spread(stable[f'{measure}_min'])}, unstable "
+                f"{mean_spread(unstable[f'{measure}_min'])}{_slow(summary, ap, f'{measure}_min')}; "
                 f"T = {h['threshold']:.3g} from seeds {cal} (calibration balanced accuracy {h['calibration_accuracy']:.2f}); "
                 f"held-out seeds {held}: {h['heldout_stable_above']:.0f}/{h['heldout_stable']:.0f} stable above T, "
                 f"{h['heldout_unstable_below']:.0f}/{h['heldout_unstable']:.0f} unstable at or below T")
-    measured += (f"; points per window: stable {mean_spread(stable.n_points, '{:.3g}')}, unstable "
+    measured += (f"; raw cadence points per window: {ap.reference} {mean_spread(stable.n_points, '{:.3g}')}, unstable "
                  f"{mean_spread(unstable.n_points, '{:.3g}')}; min over every step > 0 before divergence (unmatched): "
                  f"stable {mean_spread(stable[f'{measure}_min_all'])}, unstable {mean_spread(unstable[f'{measure}_min_all'])}")
     if len(sens):
         measured += "; held-out accuracy at L* = " + ", ".join(
             f"{r.matched_loss:g}: {r.heldout_accuracy:.2f}" for r in sens.itertuples())
-    windows = summary.n_points[summary.matched_step.notna()]
+    compared = pd.concat([stable, unstable])
+    windows = compared.n_points[compared.matched_step.notna()]
     budgets = [Budget("held-out seeds per regime at L*", min(h["heldout_stable"], h["heldout_unstable"]), 2.0),
-               Budget("cadence points in the shortest H3 window", float(windows.min()) if len(windows) else 0.0, 2.0),
+               Budget("raw cadence points in the shortest H3 window", float(windows.min()) if len(windows) else 0.0, 2.0),
                *_budgets(summary, ap)]
     holds = _unmeasured(budgets) if math.isnan(h["threshold"]) else bool(
         h["heldout_stable_above"] == h["heldout_stable"] and h["heldout_unstable_below"] == h["heldout_unstable"])
+    hs, hu = int(h["heldout_stable"]), int(h["heldout_unstable"])
+    power = Power(f"held-out separation p under exchangeable labels ({hs} vs {hu} held-out runs, 1/C({hs + hu}, {hs}); "
+                  "claimed: half of α)", 1 / math.comb(hs + hu, hs) if hs and hu else math.nan, ap.alpha / 2)
     return judged(THRESHOLD_CLAIMS[measure], measured, holds,
                   "holds if T chosen on the calibration seeds puts every held-out stable run above and every "
-                  "held-out unstable run at or below it; matched loss range, A relative to W₀", budgets)
+                  f"held-out unstable run at or below it; {ap.reference} vs unstable (same η ramp), A relative to W₀, "
+                  "read on the loss grid", budgets, power)
 
 
 def alignment_threshold_share(a: Analysis, p: ReportParams) -> list[Row]:
@@ -123,21 +144,24 @@ def alignment_threshold_overlap(a: Analysis, p: ReportParams) -> list[Row]:
 
 def spectra_related(a: Analysis, p: ReportParams) -> list[Row]:
     """Falsifier 3 is not met: Fisher and weight spectra are related in practice."""
-    ap, summary, coupling = p.analysis, a.summary, a.coupling
+    ap, summary, coupling, t = p.analysis, a.summary, a.coupling, a.cross_test
     allc = coupling[coupling.p_value.notna()]
     bonf = allc[allc.significant_bonferroni]
-    enrich = summary.share_median
-    related = len(bonf) > len(allc) / 2 or bool(len(enrich) and (enrich > 1).all())
-    unrelated = len(bonf) == 0 and bool(len(enrich) and (enrich <= 1).all())
+    budgets = [Budget(f"runs with the Fisher and weights stored at L* = {ap.matched_loss:g}", t["runs"],
+                      float(summary.matched_step.notna().sum()) or 1.0)]
+    holds = _unmeasured(budgets) if math.isnan(t["p_value"]) else bool(t["p_value"] < ap.alpha)
     return [judged(
         "fisher_geometry.spectra_related",
-        f"{len(bonf)}/{len(allc)} run×pair co-variation tests significant after Bonferroni over {len(ap.pairs)} pairs; "
-        f"median A (share of tr F in the weights' top singular subspace over W₀'s) up to L*, per run: "
-        f"{mean_spread(enrich)} (over a random direction: {mean_spread(summary.share_chance_median)})",
-        True if related else (False if unrelated else None),
-        "related = most co-variation tests significant, or the Fisher concentrates in the learned top directions "
-        "beyond W₀ (A > 1) in every run", [Budget(f"run×pair series with ≥ {ap.min_points} points", len(allc),
-                                                   len(coupling))])]
+        f"cross-seed null at L* = {ap.matched_loss:g} nats: share of F_i (top {a.runs.fisher.vector_k if a.runs else '?'} "
+        f"eigenvectors) in W_i's top singular subspaces ranks above W_j's (other seeds, same regime) with mean rank "
+        f"fraction {t['mean_rank']:.2f} (null 0.5), own on top in {t['own_on_top']:.0f}/{t['runs']:.0f} runs, median "
+        f"own/cross {t['ratio_median']:.3g} (p = {t['p_value']:.3g}); for context: median A over W₀ per run "
+        f"{mean_spread(summary.share_median)} (cannot fail: the weights are written by the gradients), and "
+        f"{len(bonf)}/{len(allc)} run×pair co-variation tests significant after Bonferroni over {len(ap.pairs)} pairs",
+        holds, f"related = the Fisher sits in its own run's top weight directions more than in another seed's at the "
+               f"same loss, p < {ap.alpha}", budgets,
+        Power("cross-seed rank test p with every own share on top (Π 1/(m_i + 1)); claimed: half of α", t["min_p"],
+              ap.alpha / 2))]
 
 
 def kappa_correlation(a: Analysis, p: ReportParams) -> list[Row]:
@@ -156,15 +180,15 @@ def kappa_correlation(a: Analysis, p: ReportParams) -> list[Row]:
 
 
 def _at_matched_loss(summary: pd.DataFrame, ap: AnalysisParams) -> str:
-    stable, unstable = _regimes(summary)
-    return f"at L* = {ap.matched_loss:g} nats (steps: stable {mean_spread(stable.matched_step)}, unstable " \
+    stable, unstable = _regimes(summary, ap)
+    return f"at L* = {ap.matched_loss:g} nats (steps: {ap.reference} {mean_spread(stable.matched_step)}, unstable " \
            f"{mean_spread(unstable.matched_step)})"
 
 
 def ng_alignment_stability(a: Analysis, p: ReportParams) -> list[Row]:
     """Stable training ≈ high natural-gradient alignment cos(∇L, F⁻¹∇L), instability ≈ low (here inside F's span, at matched loss)."""
     ap, summary = p.analysis, a.summary
-    stable, unstable = _regimes(summary)
+    stable, unstable = _regimes(summary, ap)
     at = _at_matched_loss(summary, ap)
     p_ng = _one_sided_mw(stable.ng_alignment_at_match, unstable.ng_alignment_at_match)
     budgets = _budgets(summary, ap)
@@ -174,8 +198,9 @@ def ng_alignment_stability(a: Analysis, p: ReportParams) -> list[Row]:
             f"{mean_spread(stable.ng_alignment_full_at_match)}, unstable {mean_spread(unstable.ng_alignment_full_at_match)}")
     return [judged(
         "fisher_geometry.ng_alignment_stability",
-        f"cos(∇L_F, {damp}∇L_F) inside span(F) {at}: stable {mean_spread(stable.ng_alignment_at_match)}, unstable "
-        f"{mean_spread(unstable.ng_alignment_at_match)} (one-sided Mann–Whitney p = {p_ng:.3g}); share of ‖∇L‖² in the "
+        f"cos(∇L_F, {damp}∇L_F) inside span(F) {at}: {ap.reference} {mean_spread(stable.ng_alignment_at_match)}, unstable "
+        f"{mean_spread(unstable.ng_alignment_at_match)} (one-sided Mann–Whitney p = {p_ng:.3g})"
+        f"{_slow(summary, ap, 'ng_alignment_at_match')}; share of ‖∇L‖² in the "
         f"span: stable {mean_spread(stable.span_fraction_at_match)}, unstable {mean_spread(unstable.span_fraction_at_match)}"
         + full,
         _unmeasured(budgets) if math.isnan(p_ng) else bool(p_ng < ap.alpha),
@@ -186,14 +211,15 @@ def ng_alignment_stability(a: Analysis, p: ReportParams) -> list[Row]:
 def anisotropy_instability(a: Analysis, p: ReportParams) -> list[Row]:
     """Instability corresponds to extreme anisotropy of the Fisher."""
     ap, summary = p.analysis, a.summary
-    stable, unstable = _regimes(summary)
+    stable, unstable = _regimes(summary, ap)
     at = _at_matched_loss(summary, ap)
     budgets = _budgets(summary, ap)
     p_an = _one_sided_mw(stable.fisher_eff_dim_at_match, unstable.fisher_eff_dim_at_match)
     return [judged(
         "fisher_geometry.anisotropy_instability",
-        f"participation ratio (tr F)²/tr F² {at}: stable {mean_spread(stable.fisher_eff_dim_at_match)}, unstable "
-        f"{mean_spread(unstable.fisher_eff_dim_at_match)} (one-sided Mann–Whitney p = {p_an:.3g}); smallest before "
+        f"participation ratio (tr F)²/tr F² {at}: {ap.reference} {mean_spread(stable.fisher_eff_dim_at_match)}, unstable "
+        f"{mean_spread(unstable.fisher_eff_dim_at_match)} (one-sided Mann–Whitney p = {p_an:.3g})"
+        f"{_slow(summary, ap, 'fisher_eff_dim_at_match')}; smallest before "
         f"divergence: stable {mean_spread(stable.eff_dim_min)}, unstable {mean_spread(unstable.eff_dim_min)}",
         _unmeasured(budgets) if math.isnan(p_an) else bool(p_an < ap.alpha),
         f"lower = more anisotropic; holds if unstable < stable at p < {ap.alpha}", budgets,

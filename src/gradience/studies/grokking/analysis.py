@@ -10,15 +10,23 @@ Definitions (stated once, used by the notebook, the findings and the tests):
   jitters, so it is read on a rolling median over ``smoothing_window`` cadence points:
   κ_peak = max, κ_final = last value, κ_recovery = κ_peak / κ_final — *undefined* (NaN, counted as
   "peak near end") when the peak lies in the last ``peak_end_fraction`` (10 %) of the run's steps.
-- the seed's relative clock: its multiplication run grokked at 33.5k steps and it reads κ at 10k, so
+- the seed's relative clock (the seed's conditions): its multiplication run grokked at 33.5k steps and it reads κ at 10k, so
   κ "at 10k" is read at 10/33.5 of the ``reference_condition``'s (multiplication wd 0.1) measured
   grok step — that seed's own, or the median over seeds when it did not grok. The growth rule's
   "first 5k steps" is 5/33.5 of the same step.
-- monitoring rules (Part V), each a predictor of "will not grok": *growth*: κ(window end)/κ(0) >
-  ``kappa_growth_alert``; *stuck*: κ_recovery < ``kappa_recovery_alert``, with "peak near end" read
-  as κ_recovery = 1 (κ never came down). Scored at the seed's thresholds on every run, and at
-  thresholds calibrated on ``calibration_seeds`` (max hit rate − false-alarm rate) on the other
-  seeds: hits, false alarms and AUC.
+- the outcome condition (``outcome_condition``, one condition where only the outcome varies) and
+  its fixed clock C (``outcome_clock``): a run's outcome is "grokked by C" (its grok step, read on
+  the whole run to 2C, ≤ C); the rest of the run confirms each non-grokker (a late grokker by 2C, or
+  not grokked by 2C). Every predictor is read on the run's window [0, C] only: κ at the probe, κ
+  growth, κ_recovery (on the window; "peak near end" read as κ_recovery = 1, κ never came down) and
+  the mean effective rank at C. The probe and growth steps are 10k/33.5k and 5k/33.5k of the median
+  grok step of the ``calibration_seeds`` (the same steps for every run: no run's own outcome sets
+  them).
+- the predictors (Part V's monitoring rules and Part I's κ divergence), each a predictor of "not
+  grokked by C": a threshold calibrated on ``calibration_seeds`` (max hit rate − false-alarm rate)
+  scored on the other seeds of the outcome condition (hits, false alarms), the seed's threshold on
+  the same held-out seeds, and the held-out AUC with its one-sided Mann–Whitney p-value and the
+  smallest AUC that test detects at ``alpha`` with probability ``power`` (:func:`detectable_auc`).
 """
 
 from __future__ import annotations
@@ -51,8 +59,21 @@ class ReportParams(BaseReportParams):
         "the condition whose grok step maps the seed's 33.5k steps (the relative clock)"))
     kappa_growth_alert: float = Field(default=50.0, gt=1, description="the seed's growth rule")
     kappa_recovery_alert: float = Field(default=2.0, gt=1, description="the seed's stuck rule")
-    calibration_seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1, description=(
-        "seeds the alert thresholds are chosen on; the other seeds score them"))
+    calibration_seeds: list[int] = Field(default_factory=lambda: list(range(8)), min_length=1, description=(
+        "seeds of the outcome condition the thresholds and the probe step are chosen on; the other seeds score them"))
+    outcome_condition: str = Field(default="add_wd1", description=(
+        "the condition where only the outcome varies: the κ predictors are scored inside it"))
+    outcome_clock: float = Field(default=7.2, gt=0, description=(
+        "C: the outcome is 'grokked by lr·wd·steps C'; the runs go to 2C to confirm each non-grokker"))
+    claimed_auc: float = Field(default=0.9, gt=0.5, le=1, description=(
+        "the separation a rule acted on run by run needs (the source: a 'strong' signal, 'high' confidence)"))
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="level of the one-sided AUC test")
+    power: float = Field(default=0.8, gt=0, lt=1, description="power at which the detectable AUC is stated")
+    outcome_seeds_needed: int = Field(default=24, ge=1, description="seeds of the outcome condition a predictor claim needs")
+    held_out_class_needed: int = Field(default=4, ge=1, description=(
+        "held-out runs of each outcome (grokked by C, not) a predictor claim needs"))
+    condition_seeds_needed: int = Field(default=2, ge=1, description=(
+        "seeds a condition's outcome claim needs (the seed reports one run per condition)"))
     clock_needed: float = Field(default=10.0, gt=0, description="lr·wd·steps a weight-decay claim needs")
     post_grok_needed: float = Field(default=0.5, ge=0, description=(
         "steps past the grok step, as a fraction of it, that a κ-recovery claim needs"))
@@ -98,7 +119,7 @@ def seed_clock(grok_steps: pd.Series, seeds: pd.Series) -> pd.Series:
 
 
 def summarise_runs(telemetry: pd.DataFrame, runs: pd.DataFrame, p: ReportParams) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One row per run (outcome, grok step, clock, model κ summary, alert scores) and one row per
+    """One row per run (outcome, grok step, clock, model κ summary, recovery score) and one row per
     (run, matrix) with that matrix's κ summary, on the seed's relative clock."""
     tele = telemetry[telemetry["metric"].isin(["test_acc", "train_acc", "kappa", "effective_rank"])]
     wide = {run: g.pivot_table(index="step", columns=["scope", "metric"], values="value").sort_index()
@@ -135,8 +156,6 @@ def summarise_runs(telemetry: pd.DataFrame, runs: pd.DataFrame, p: ReportParams)
                     on="run")
     # the stuck rule's score: κ_recovery, with "peak near end" read as no recovery at all (1.0)
     out["recovery_score"] = out["kappa_recovery"].fillna(1.0)
-    out["alert_growth"] = out["kappa_growth"] > p.kappa_growth_alert
-    out["alert_stuck"] = out["recovery_score"] < p.kappa_recovery_alert
     return out, kappa
 
 
@@ -146,12 +165,6 @@ def auc(score: np.ndarray, positive: np.ndarray) -> float:
     if not len(pos) or not len(neg):
         return math.nan
     return float(((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean())
-
-
-RULES = {  # rule → (score column, sign): the alert fires when sign·score > sign·threshold
-    "alert_growth": ("kappa_growth", 1.0),
-    "alert_stuck": ("recovery_score", -1.0),
-}
 
 
 def confusion(alert: pd.Series, failed: pd.Series) -> dict[str, int]:
@@ -171,23 +184,125 @@ def calibrate(score: np.ndarray, failed: np.ndarray, sign: float) -> float:
     return float(sign * cuts[int(np.argmax(j))])
 
 
-def score_alerts(summary: pd.DataFrame, p: ReportParams) -> pd.DataFrame:
-    """Each rule as a predictor of "will not grok": the seed's threshold on every run; a threshold
-    calibrated on ``calibration_seeds`` and scored (hits, false alarms, AUC) on the other seeds."""
-    seed_thresholds = {"alert_growth": p.kappa_growth_alert, "alert_stuck": p.kappa_recovery_alert}
-    cal = summary["seed"].isin(p.calibration_seeds)
-    held = summary[~cal]
+def auc_p_value(score: np.ndarray, positive: np.ndarray) -> float:
+    """One-sided Mann–Whitney p-value for "positives score higher" (exact without ties at small n);
+    ``nan`` if a class is empty."""
+    from scipy.stats import mannwhitneyu
+
+    pos, neg = score[positive], score[~positive]
+    if not len(pos) or not len(neg):
+        return math.nan
+    return float(mannwhitneyu(pos, neg, alternative="greater").pvalue)
+
+
+def detectable_auc(n_pos: int, n_neg: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest AUC a one-sided Mann–Whitney test at level ``alpha`` detects with probability
+    ``power`` between ``n_pos`` and ``n_neg`` runs (normal approximation: the null's standard error
+    √((n₊ + n₋ + 1)/(12 n₊ n₋)), the alternative's Hanley–McNeil). ``inf`` when no AUC ≤ 1 is detectable."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    if n_pos < 1 or n_neg < 1:
+        return math.inf
+    za, zb = norm.ppf(1 - alpha), norm.ppf(power)
+    se0 = math.sqrt((n_pos + n_neg + 1) / (12 * n_pos * n_neg))
+
+    def gap(a: float) -> float:
+        q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+        var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+        return a - 0.5 - za * se0 - zb * math.sqrt(max(var, 0.0))
+
+    if gap(1.0) < 0:
+        return math.inf
+    return float(brentq(gap, 0.5, 1.0))
+
+
+def log_ratio_test(ratios: np.ndarray, alpha: float = 0.05, power: float = 0.8) -> tuple[float, float]:
+    """Paired ratios (> 0): the one-sided t-test p-value of mean log ratio > 0, and the smallest ratio
+    that test detects with probability ``power`` at this n and the observed spread,
+    exp((t₁₋α + t_power)·sd/√n) on n − 1 degrees of freedom. ``nan``/``inf`` below two pairs."""
+    from scipy.stats import t, ttest_1samp
+
+    x = np.log(np.asarray(ratios, dtype=float))
+    x = x[np.isfinite(x)]
+    if len(x) < 2:
+        return math.nan, math.inf
+    sd = float(x.std(ddof=1))
+    if sd == 0:
+        return (0.0 if x[0] > 0 else 1.0), 1.0
+    n = len(x)
+    p_value = float(ttest_1samp(x, 0.0, alternative="greater").pvalue)
+    return p_value, float(math.exp((t.ppf(1 - alpha, n - 1) + t.ppf(power, n - 1)) * sd / math.sqrt(n)))
+
+
+def outcome_runs(telemetry: pd.DataFrame, runs: pd.DataFrame, p: ReportParams) -> pd.DataFrame:
+    """One row per run of the outcome condition: grok step (whole run), grokked by C and by 2C, and
+    the predictors read on the window [0, C] at the calibration seeds' probe and growth steps."""
+    g = runs[runs["condition"] == p.outcome_condition]
+    if g.empty:
+        return pd.DataFrame()
+    tele = telemetry[telemetry["run"].isin(g["run"]) & (telemetry["scope"] == MODEL_SCOPE)
+                     & telemetry["metric"].isin(["test_acc", "kappa", "effective_rank"])]
+    wide = {run: w.pivot_table(index="step", columns="metric", values="value").sort_index()
+            for run, w in tele.groupby("run", sort=False)}
+    out = g[["run", "seed", "lr", "weight_decay", "steps", "clock"]].copy()
+    out["clock_steps"] = p.outcome_clock / (out["lr"] * out["weight_decay"])
+    out["grok_step"] = [first_step_staying(wide[r].index.to_numpy(), wide[r]["test_acc"].to_numpy(), p.grok_threshold)
+                        for r in out["run"]]
+    out["grokked_by_C"] = out["grok_step"] <= out["clock_steps"]
+    out["grokked_by_2C"] = out["grok_step"] <= 2 * out["clock_steps"]
+    out["held_out"] = ~out["seed"].isin(p.calibration_seeds)
+    cal = out.loc[~out["held_out"], "grok_step"]
+    ref = float(np.nanmedian(cal)) if np.isfinite(cal).any() else math.nan
+    out["probe_step"] = SEED_PROBE_STEP / SEED_GROK_STEP * ref
+    out["growth_step"] = SEED_GROWTH_STEPS / SEED_GROK_STEP * ref
     rows = []
-    for rule, (col, sign) in RULES.items():
-        failed = ~summary["grokked"]
-        thr = calibrate(summary.loc[cal, col].to_numpy(float), failed[cal].to_numpy(), sign)
-        fires = (sign * held[col] > sign * thr) if np.isfinite(thr) else pd.Series(False, index=held.index)
-        rows.append({"rule": rule, "seed_threshold": seed_thresholds[rule],
-                     **{f"seed_{k}": v for k, v in confusion(summary[rule], failed).items()},
-                     "calibrated_threshold": thr, "calibration_runs": int(cal.sum()), "held_out_runs": len(held),
-                     **{f"held_out_{k}": v for k, v in confusion(fires, ~held["grokked"]).items()},
-                     "held_out_auc": auc(sign * held[col].to_numpy(float), ~held["grokked"].to_numpy())})
-    return pd.DataFrame(rows)
+    for _, r in out.iterrows():
+        w = wide[r["run"]]
+        w = w[w.index <= r["clock_steps"]]
+        k = w["kappa"].dropna()
+        ks = kappa_summary(k.index.to_numpy(), k.to_numpy(), p, r["probe_step"], r["growth_step"])
+        rows.append({**ks, "effective_rank_at_clock": float(w["effective_rank"].dropna().iloc[-1]),
+                     "effective_rank_start": float(w["effective_rank"].dropna().iloc[0])})
+    out = pd.concat([out.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
+    out["recovery_score"] = out["kappa_recovery"].fillna(1.0)
+    return out
+
+
+PREDICTORS = {  # predictor → (score column, sign, the seed's threshold or None): high sign·score → not grokked by C
+    "kappa_probe": ("kappa_probe", 1.0, None),
+    "kappa_growth": ("kappa_growth", 1.0, "kappa_growth_alert"),
+    "kappa_recovery": ("recovery_score", -1.0, "kappa_recovery_alert"),
+    "effective_rank": ("effective_rank_at_clock", 1.0, None),
+}
+
+
+def score_predictors(out: pd.DataFrame, p: ReportParams) -> pd.DataFrame:
+    """Each predictor of "not grokked by C" inside the outcome condition: the threshold calibrated on
+    ``calibration_seeds`` and, on the other seeds, its confusion, the seed's threshold's confusion,
+    the AUC, its one-sided p-value and the smallest detectable AUC at the held-out counts."""
+    rows = []
+    for name, (col, sign, seed_key) in PREDICTORS.items():
+        if out.empty:
+            rows.append({"predictor": name, "held_out_auc": math.nan, "p_value": math.nan,
+                         "detectable_auc": math.inf})
+            continue
+        cal, held = out[~out["held_out"]], out[out["held_out"]]
+        failed_cal, failed = ~cal["grokked_by_C"].to_numpy(), ~held["grokked_by_C"].to_numpy()
+        thr = calibrate(cal[col].to_numpy(float), failed_cal, sign)
+        score = sign * held[col].to_numpy(float)
+        fires = pd.Series(score > sign * thr if np.isfinite(thr) else np.zeros(len(held), bool), index=held.index)
+        row = {"predictor": name, "score": col, "sign": sign, "calibrated_threshold": thr,
+               "calibration_runs": len(cal), "held_out_runs": len(held),
+               **{f"held_out_{k}": v for k, v in confusion(fires, pd.Series(failed, index=held.index)).items()},
+               "held_out_auc": auc(score, failed), "p_value": auc_p_value(score, failed),
+               "detectable_auc": detectable_auc(int(failed.sum()), int((~failed).sum()), p.alpha, p.power),
+               "seed_threshold": getattr(p, seed_key) if seed_key else math.nan}
+        if seed_key:
+            seed_fires = pd.Series(score > sign * row["seed_threshold"], index=held.index)
+            row |= {f"seed_{k}": v for k, v in confusion(seed_fires, pd.Series(failed, index=held.index)).items()}
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("predictor")
 
 
 @dataclass
@@ -197,11 +312,13 @@ class Analysis:
     model: pd.DataFrame  # model-scope metrics, one row per (run, step), with condition/seed/grokked/clock
     summary: pd.DataFrame
     kappa: pd.DataFrame  # κ summary per (run, matrix), model scope included
-    alerts: pd.DataFrame
+    outcome: pd.DataFrame  # the outcome condition's runs: grokked by C / 2C, predictors on [0, C]
+    predictors: pd.DataFrame  # each predictor scored on the held-out seeds of the outcome condition
 
 
 def analyse(tables: Tables[RunParams], p: ReportParams) -> Analysis:
-    """Grok steps, κ summaries per matrix on the seed's relative clock, and the alerts scored."""
+    """Grok steps, κ summaries per matrix on the seed's relative clock, and the predictors scored
+    inside the outcome condition."""
     summary, kappa = summarise_runs(tables.telemetry, tables.runs, p)
     tele = tables.telemetry
     model = (tele[tele.scope == MODEL_SCOPE].pivot_table(index=["run", "step"], columns="metric", values="value")
@@ -209,7 +326,8 @@ def analyse(tables: Tables[RunParams], p: ReportParams) -> Analysis:
     per_run = summary.set_index("run")
     model["clock"] = decay_clock(model["run"].map(per_run["lr"]), model["run"].map(per_run["weight_decay"]),
                                  model["step"])
-    return Analysis(tables.params, tele, model, summary, kappa, score_alerts(summary, p))
+    outcome = outcome_runs(tele, tables.runs, p)
+    return Analysis(tables.params, tele, model, summary, kappa, outcome, score_predictors(outcome, p))
 
 
 def curves(a: Analysis, p: ReportParams) -> pd.DataFrame:
@@ -224,7 +342,8 @@ def _median(x: pd.Series) -> float:
 
 def metrics(a: Analysis, p: ReportParams) -> dict:
     """Per condition: fraction grokked, grok step and clock, and per matrix the medians of the κ
-    summary with the count of runs whose κ peaked near the end; and the alert scores."""
+    summary with the count of runs whose κ peaked near the end; and the outcome condition: its
+    counts (grokked by C, by 2C, late grokkers) and each predictor scored on the held-out seeds."""
     out = {}
     for name, g in a.summary.groupby("condition", sort=False):
         k = a.kappa[a.kappa["condition"] == name]
@@ -241,5 +360,13 @@ def metrics(a: Analysis, p: ReportParams) -> dict:
                                    "peak_near_end_runs": int(m["peak_near_end"].sum())}
                       for scope, m in k.groupby("scope")},
         }
-    return {"conditions": out, "alerts": a.alerts.set_index("rule").to_dict(orient="index"),
+    o = a.outcome
+    outcome = {} if o.empty else {
+        "condition": p.outcome_condition, "clock": p.outcome_clock, "runs": len(o),
+        "clock_reached_min": float(o["clock"].min()), "grokked_by_clock": int(o["grokked_by_C"].sum()),
+        "grokked_by_twice_clock": int(o["grokked_by_2C"].sum()),
+        "late_grokkers": int((o["grokked_by_2C"] & ~o["grokked_by_C"]).sum()),
+        "probe_step": float(o["probe_step"].iloc[0]), "growth_step": float(o["growth_step"].iloc[0]),
+        "predictors": a.predictors.drop(columns=["score"], errors="ignore").to_dict(orient="index")}
+    return {"conditions": out, "outcome": outcome,
             "reference_grok_step_median": _median(a.summary["reference_grok_step"])}

@@ -1,7 +1,9 @@
 """Grokking on modular arithmetic: one function per claim, its docstring the claim.
 
 Every verdict goes through :func:`gradience.reporting.judged` (the verdict rule) with the budgets
-the claim needs; a condition absent from params is "not comparable".
+the claim needs; a condition absent from params is "not comparable". The predictions (κ divergence,
+κ growth, κ_recovery, effective-rank compression) are scored inside the outcome condition, every row
+with the one budget set :func:`outcome_budgets` and the power of the held-out AUC test.
 """
 
 from __future__ import annotations
@@ -11,20 +13,22 @@ import math
 import numpy as np
 import pandas as pd
 
-from gradience.reporting import Budget, finding, judged, mean_spread
-from gradience.studies.grokking.analysis import Analysis, ReportParams
+from gradience.reporting import Budget, Power, finding, judged, mean_spread
+from gradience.studies.grokking.analysis import Analysis, ReportParams, log_ratio_test
 from gradience.telemetry.recorder import MODEL_SCOPE
 
 Row = dict[str, str]
+
+SEED_KAPPA_RATIO = 19_794 / 1_607  # the seed's κ_add/κ_mul at its 10k probe (12.3×)
 
 
 def _runs(summary: pd.DataFrame, condition: str) -> pd.DataFrame:
     return summary[summary["condition"] == condition]
 
 
-def _clock_budgets(g: pd.DataFrame, p: ReportParams, seeds_needed: int = 3) -> list[Budget]:
+def _clock_budgets(g: pd.DataFrame, p: ReportParams) -> list[Budget]:
     return [Budget("lr·wd·steps", float(g["clock"].min()), p.clock_needed),
-            Budget("seeds", g["seed"].nunique(), seeds_needed)]
+            Budget("seeds", g["seed"].nunique(), p.condition_seeds_needed)]
 
 
 def _outcome(a: Analysis, p: ReportParams, claim: str, condition: str, seed_grokked: bool) -> list[Row]:
@@ -69,33 +73,76 @@ def kappa_10k_ordering(a: Analysis, p: ReportParams) -> list[Row]:
     per = "; ".join(f"{s} {mean_spread(g['ratio'])}" for s, g in pair[pair["scope"].isin(km["scope"])]
                     .groupby("scope"))
     probe = mean_spread(add["probe_step"], "{:,.0f}")
+    p_value, detectable = log_ratio_test(model_ratio.to_numpy(float), p.alpha, p.power)
     return [judged(
         "grokking.kappa_10k_ordering",
         f"κ_add/κ_mul at step {probe} (10k/33.5k of the multiplication grok step): model (max) "
-        f"{mean_spread(model_ratio)}; per matrix: {per}",
-        bool((model_ratio > 1).all()) if len(model_ratio) else None,
-        "ordering of the max-over-matrices κ in every paired seed",
+        f"{mean_spread(model_ratio)} (one-sided t-test of log ratio > 0: p {p_value:.2g}); per matrix: {per}",
+        None if not np.isfinite(p_value) else bool(p_value < p.alpha),
+        f"the max-over-matrices κ higher in addition, paired by seed: mean log ratio > 0 at p < {p.alpha:g}",
         [Budget("seeds whose multiplication run grokked (sets the relative clock)", int(ref["grokked"].sum()), 1),
-         Budget("paired seeds", len(model_ratio), 3)])]
+         Budget("paired seeds", len(model_ratio), p.condition_seeds_needed)],
+        Power(f"κ ratio (α {p.alpha:g}, power {p.power:g})", detectable, SEED_KAPPA_RATIO))]
+
+
+def outcome_budgets(a: Analysis, p: ReportParams) -> list[Budget]:
+    """THE budget set of the outcome condition: every predictor row scored inside it carries this list."""
+    o = a.outcome
+    held = o[o["held_out"]] if len(o) else o
+    return [Budget(f"seeds of {p.outcome_condition}", int(o["seed"].nunique()) if len(o) else 0, p.outcome_seeds_needed),
+            Budget("lr·wd·steps reached ÷ C (each non-grokker followed to 2C)",
+                   round(float(o["clock"].min()) / p.outcome_clock, 9) if len(o) else 0.0, 2.0),
+            Budget("held-out runs grokked by C", int(held["grokked_by_C"].sum()) if len(o) else 0,
+                   p.held_out_class_needed),
+            Budget("held-out runs not grokked by C", int((~held["grokked_by_C"]).sum()) if len(o) else 0,
+                   p.held_out_class_needed)]
+
+
+def _outcome_text(a: Analysis, p: ReportParams) -> str:
+    o = a.outcome
+    fail = o[~o["grokked_by_C"]]
+    late = int(fail["grokked_by_2C"].sum())
+    return (f"{p.outcome_condition}, C = lr·wd·steps {p.outcome_clock:g}: {int(o['grokked_by_C'].sum())}/{len(o)} "
+            f"grokked by C; of the {len(fail)} that did not, {late} grokked by 2C (late), {len(fail) - late} did not")
+
+
+def _predictor(a: Analysis, p: ReportParams, claim: str, name: str, what: str) -> list[Row]:
+    """A claim that ``name`` predicts "not grokked by C", scored on the held-out seeds of the outcome condition."""
+    budgets = outcome_budgets(a, p)
+    if a.outcome.empty:
+        return [finding(claim, f"{p.outcome_condition} not run", "not comparable",
+                        "the outcome condition is absent from params: no budget to state")]
+    r = a.predictors.loc[name]
+    o = a.outcome
+    held = o[o["held_out"]]
+    by = held.groupby("grokked_by_C")[r["score"]].median()
+    seed_rule = ""
+    if np.isfinite(r["seed_threshold"]):
+        seed_rule = (f"; the seed's threshold {r['seed_threshold']:g}: {int(r['seed_hits'])} hits, "
+                     f"{int(r['seed_false_alarms'])} false alarms")
+    measured = (f"{_outcome_text(a, p)}. {what} (held out, median): not grokked {by.get(False, math.nan):.3g}, "
+                f"grokked {by.get(True, math.nan):.3g}; AUC {r['held_out_auc']:.2f} (one-sided Mann–Whitney "
+                f"p {r['p_value']:.2g}); threshold {r['calibrated_threshold']:.3g} from seeds "
+                f"{min(p.calibration_seeds)}–{max(p.calibration_seeds)}: {int(r['held_out_hits'])} hits, "
+                f"{int(r['held_out_false_alarms'])} false alarms over {int(r['held_out_runs'])} held-out runs{seed_rule}")
+    holds = None if not np.isfinite(r["held_out_auc"]) else bool(r["p_value"] < p.alpha)
+    read = {"kappa_probe": f"read at step {o['probe_step'].iloc[0]:,.0f} (10k/33.5k of the calibration seeds' median grok step)",
+            "kappa_growth": f"read at step {o['growth_step'].iloc[0]:,.0f} (5k/33.5k of the calibration seeds' median grok step)",
+            }.get(name, "read on the window [0, C]")
+    why = f"predicts 'not grokked by C' on held-out seeds: AUC above 0.5 at one-sided p < {p.alpha:g}; {read}"
+    power = Power(f"held-out AUC (α {p.alpha:g}, power {p.power:g})", float(r["detectable_auc"]), p.claimed_auc)
+    return [judged(claim, measured, holds, why, budgets, power)]
+
+
+def kappa_divergence_predicts(a: Analysis, p: ReportParams) -> list[Row]:
+    """Inside one condition, κ at the early probe is higher in runs that will not grok (by the fixed clock)."""
+    return _predictor(a, p, "grokking.kappa_divergence_predicts", "kappa_probe", "κ at the probe")
 
 
 def low_recovery_no_grok(a: Analysis, p: ReportParams) -> list[Row]:
-    """κ_recovery below 2 flags a run that will not grok (a strong negative signal)."""
-    summary = a.summary
-    defined = summary[~summary["peak_near_end"]]
-    failed_full = summary[~summary["grokked"] & ((summary["clock"] >= p.clock_needed) | summary["shuffle_labels"])]
-    stuck = a.alerts.set_index("rule").loc["alert_stuck"]
-    return [judged(
-        "grokking.low_recovery_no_grok",
-        f"seed rule (κ_recovery < {p.kappa_recovery_alert:g}, 'peak near end' counted as < 2): "
-        f"{int(stuck['seed_hits'])} hits, {int(stuck['seed_false_alarms'])} false alarms over {len(summary)} runs; "
-        f"κ peaked in the last {p.peak_end_fraction:.0%} in {int(summary['peak_near_end'].sum())} runs; "
-        f"held out: threshold {stuck['calibrated_threshold']:.3g} → {int(stuck['held_out_hits'])} hits, "
-        f"{int(stuck['held_out_false_alarms'])} false alarms, AUC {stuck['held_out_auc']:.2f}",
-        None if not len(summary) else bool(stuck["seed_false_alarms"] == 0 and stuck["seed_hits"] > 0),
-        "a strong negative signal: alerts and no false alarms (a run too short to grok agrees vacuously)",
-        [Budget("runs with κ_recovery defined (κ peaked before the end)", len(defined), 3),
-         Budget("non-grokking runs at full clock or random labels", len(failed_full), 3)])]
+    """Low κ_recovery flags a run that will not grok (a strong negative signal), inside one condition."""
+    return _predictor(a, p, "grokking.low_recovery_no_grok", "kappa_recovery",
+                      "κ_recovery on [0, C] ('peak near end' = 1)")
 
 
 def _followed(a: Analysis, p: ReportParams) -> pd.DataFrame:
@@ -105,20 +152,27 @@ def _followed(a: Analysis, p: ReportParams) -> pd.DataFrame:
 
 
 def recovery_necessary(a: Analysis, p: ReportParams) -> list[Row]:
-    """κ recovery is necessary for grokking: every grokking run's κ comes down (κ_recovery ≥ 2)."""
+    """κ recovery is necessary for grokking: every grokking run's κ comes down (κ_recovery ≥ 2). A
+    grokked run whose κ peaks in the last ``peak_end_fraction`` never came down: it counts as
+    κ_recovery 1 (it grokked without recovering), not as undefined."""
     grokked = a.summary[a.summary["grokked"]]
     followed = _followed(a, p)
-    g_def = followed[~followed["peak_near_end"]]
+    rec = followed["recovery_score"]
+    o = a.outcome
+    sufficient = ""
+    if len(o):
+        fail = o[~o["grokked_by_C"]]
+        sufficient = (f"; not sufficient: in {p.outcome_condition} {int((fail['recovery_score'] >= p.kappa_recovery_alert).sum())}"
+                      f"/{len(fail)} runs not grokked by C had κ_recovery ≥ {p.kappa_recovery_alert:g} on [0, C]")
     return [judged(
         "grokking.recovery_necessary",
         f"grokked runs: {len(grokked)}, {len(followed)} followed ≥ {p.post_grok_needed:g}× their grok step; "
-        f"of these κ_recovery defined in {len(g_def)} "
-        f"({mean_spread(g_def['kappa_recovery'])}), {int((g_def['kappa_recovery'] < p.kappa_recovery_alert).sum())} "
-        f"below {p.kappa_recovery_alert:g}; {len(followed) - len(g_def)} peaked in the last {p.peak_end_fraction:.0%}",
-        bool((g_def["kappa_recovery"] >= p.kappa_recovery_alert).all()) if len(g_def) else None,
-        "every grokking run with a defined κ_recovery must clear the threshold",
-        [Budget(f"grokked runs followed ≥ {p.post_grok_needed:g}× their grok step", len(followed), 3),
-         Budget("of these, runs with κ_recovery defined", len(g_def), 3)])]
+        f"their κ_recovery {mean_spread(rec)}, {int((rec < p.kappa_recovery_alert).sum())} below "
+        f"{p.kappa_recovery_alert:g} ({int(followed['peak_near_end'].sum())} with κ still at its peak in the last "
+        f"{p.peak_end_fraction:.0%}, counted as 1){sufficient}",
+        bool((rec >= p.kappa_recovery_alert).all()) if len(followed) else None,
+        "every grokking run followed past its grok must clear the threshold",
+        [Budget(f"grokked runs followed ≥ {p.post_grok_needed:g}× their grok step", len(followed), 3)])]
 
 
 def weight_decay_causal(a: Analysis, p: ReportParams) -> list[Row]:
@@ -144,41 +198,18 @@ def weight_decay_causal(a: Analysis, p: ReportParams) -> list[Row]:
 
 
 def kappa_growth_alert(a: Analysis, p: ReportParams) -> list[Row]:
-    """κ growing more than 50× in the first 5k steps flags a run that will not grok (raise weight decay)."""
-    summary = a.summary
-    growth = a.alerts.set_index("rule").loc["alert_growth"]
-    held = summary[~summary["seed"].isin(p.calibration_seeds)]
-    return [judged(
-        "grokking.kappa_growth_alert",
-        f"κ growth by step {mean_spread(summary['growth_step'], '{:,.0f}')} (5k/33.5k of the multiplication grok "
-        f"step): {mean_spread(summary['kappa_growth'])}; seed rule (> {p.kappa_growth_alert:g}×): "
-        f"{int(growth['seed_hits'])} hits, {int(growth['seed_false_alarms'])} false alarms; held out: threshold "
-        f"{growth['calibrated_threshold']:.3g} → {int(growth['held_out_hits'])} hits, "
-        f"{int(growth['held_out_false_alarms'])} false alarms, AUC {growth['held_out_auc']:.2f}",
-        None if not np.isfinite(growth["held_out_auc"]) else bool(growth["held_out_auc"] >= 0.8),
-        f"held-out AUC ≥ 0.8 (threshold calibrated on seeds {p.calibration_seeds})",
-        [Budget("held-out runs that did not grok", int((~held["grokked"]).sum()), 3),
-         Budget("held-out runs that grokked", int(held["grokked"].sum()), 3)])]
+    """κ growing more than 50× in the first 5k steps flags a run that will not grok, inside one condition."""
+    return _predictor(a, p, "grokking.kappa_growth_alert", "kappa_growth", "κ growth κ(growth step)/κ(0)")
 
 
 def compression(a: Analysis, p: ReportParams) -> list[Row]:
-    """Grokking compresses the weights: effective rank ends below where it started."""
-    if not a.summary["grokked"].any():
-        return []
-    followed = _followed(a, p)
-    drop = followed["effective_rank_final"] < followed["effective_rank_start"]
-    return [judged(
-        "grokking.compression",
-        f"{int(drop.sum())}/{len(followed)} grokking runs followed ≥ {p.post_grok_needed:g}× their grok step end "
-        f"below their initial mean effective rank ({mean_spread(followed['effective_rank_start'])} → "
-        f"{mean_spread(followed['effective_rank_final'])})",
-        bool(drop.all()) if len(followed) else None,
-        "mean effective rank over weight matrices, start vs end of the run",
-        [Budget(f"grokked runs followed ≥ {p.post_grok_needed:g}× their grok step", len(followed), 3)])]
+    """Grokking compresses the weights: at a matched clock, runs that grokked have a lower effective
+    rank than runs of the same condition that did not."""
+    return _predictor(a, p, "grokking.compression", "effective_rank", "mean effective rank at C")
 
 
-CLAIMS = (mul_wd01_groks, add_wd001_memorises, add_wd01_memorises, kappa_10k_ordering, low_recovery_no_grok,
-          recovery_necessary, weight_decay_causal, kappa_growth_alert, compression)
+CLAIMS = (mul_wd01_groks, add_wd001_memorises, add_wd01_memorises, kappa_10k_ordering, kappa_divergence_predicts,
+          low_recovery_no_grok, recovery_necessary, weight_decay_causal, kappa_growth_alert, compression)
 
 
 def findings(a: Analysis, p: ReportParams) -> list[Row]:

@@ -1,24 +1,34 @@
 """Grokking on modular arithmetic (synthesis Parts I and V): the runs.
 
-Conditions (op, weight decay, run length, random labels) × seeds of a small MLP or transformer on
-``a ∘ b mod p``; each run records its telemetry and singular-value snapshots.
+Conditions (op, weight decay, run length, seeds, random labels) × seeds of a small MLP or
+transformer on ``a ∘ b mod p``; each run records its telemetry and singular-value snapshots.
 
 Free choices (the seed does not fix them), with the measurement behind each:
 
-- lr 1e-2 with AdamW (β 0.9, 0.98), no warm-up: a 10k-step run reaches clock 10 at wd 0.1;
-  multiplication and addition at wd 0.1 grok near clock 5–6 at lr 1e-2 as at lr 3e-3.
+- lr 1e-2 with AdamW (β 0.9, 0.98), no warm-up: multiplication and addition at wd 0.1 grok near
+  clock 4–6 at lr 1e-2 as at lr 3e-3.
 - mini-batch 256: per run and step on one thread, 2.0 ms vs 3.7 ms (batch 512) and 19.6 ms (full
   batch); stacking 15 runs into one ``torch.func.vmap`` model measured 0.72× the batch-512 step
   (1.4× faster) but needs a second, stacked training loop (per-run weight decay, divergence,
-  telemetry); it is not used: the grid already fits its budget with one run per core
-  (``benchmarks/grokking_cost.py``, ``benchmarks/results/grokking_cost.json``).
+  telemetry); it is not used (``benchmarks/grokking_cost.py``, ``benchmarks/results/grokking_cost.json``).
 - telemetry: one cadence point (evaluation on both splits + three SVDs) costs ≈ 20 ms ≈ 10 steps;
-  every 100 steps plus 20 log-spaced points resolves the grok step to 100 steps (≈ 2 % of it) at
-  ≈ 10 % overhead.
-- width (embed 64, hidden 160), train fraction 0.4, p = 97, four seeds (0–1 calibrate, 2–3 score).
-- per-condition run lengths: wd 0.1, 0.01 and 0: 10k steps; wd 1 and random labels 2k (clock 20);
-  addition wd 0.03 12.5k: where its grok falls, so that its outcome can differ across seeds (at 11k
-  no seed had grokked, test accuracy 0.72–0.90; at 12.5k seed 1 reached 0.985, seed 2 0.82).
+  each condition sets its own cadence (``cadence_every``) so long runs stay cheap.
+- width (embed 64, hidden 160), train fraction 0.4, p = 97.
+- the outcome condition (the report's ``outcome_condition``, where only the outcome varies): addition
+  wd 1, 24 seeds (0–23) run to clock 2C = 14.4 (1,440 steps), cadence every 36 steps (C on the
+  grid), 4–5 CPU s per run. Chosen by a pilot on seeds 100–107 (not scored; cadence 20): grok steps
+  660, 680, 680, 720, 720, 735, 740, 820 (clock 6.6–8.2, median 7.2; 6.4 CPU s per 1,600-step
+  run), so C = 7.2 (720 steps) splits the seeds about in half. Training is deterministic per seed
+  and the lr constant, so one run to 2C contains the run to C: the outcome is "grokked by C", and
+  the rest of the run confirms each non-grokker (a late grokker, or not grokked by 2C). Cheaper
+  than wd 0.03 (outcome mixed near 12.5k steps, clock 3.75) or wd 0.1 (4/4 grok near 4.2k steps)
+  at 24 seeds × 2C.
+- the seed's conditions at two seeds each on their long clocks: addition wd 0.01 to clock 10
+  (100k steps, cadence 1,000 plus 80 log-spaced points for the early probe), addition wd 0.1 to
+  clock 30 (30k steps, cadence 250: κ after its grok near 4k), multiplication wd 0.1 for 8k steps
+  (it groks near 5–5.7k and sets the relative clock); addition wd 0 for 6.5k steps (past the
+  slowest wd-0.1 grok, 5.7k) on three seeds; random labels at wd 1 for 1.5k steps (clock 15) on
+  two. Measured 2.0–2.3 ms per step on one core at batch 256 (333k steps in all: ≈ 720 CPU s).
 """
 
 from __future__ import annotations
@@ -49,6 +59,14 @@ class Condition(Section):
 
     def run_steps(self, default: int) -> int:
         return self.steps or default
+
+
+class GrokCondition(Condition):
+    """A condition of this study: it may name its own seeds and cadence (long runs measure sparsely)."""
+
+    seeds: list[int] = Field(default_factory=list, description="this condition's seeds; empty: the study's")
+    cadence_every: int = Field(default=0, ge=0, description="steps between measurements; 0: the study's")
+    cadence_log_points: int = Field(default=-1, ge=-1, description="log-spaced extra points; -1: the study's")
 
 
 class ModelParams(Section):
@@ -87,8 +105,12 @@ class ModularRunParams(BaseRunParams):
 
 
 class RunParams(ModularRunParams):
+    conditions: list[GrokCondition] = Field(min_length=1)
     cadence_log_points: int = Field(default=0, ge=0)
     spectra_every: int = Field(default=0, ge=0)
+
+    def condition_seeds(self, c: Condition) -> list[int]:
+        return list(getattr(c, "seeds", None) or self.seeds)
 
 
 DATA = ("modular",)
@@ -96,7 +118,7 @@ TABLES = ("telemetry", "spectra")
 
 
 def jobs(p: RunParams, data_dir: str) -> list[Job[RunParams]]:
-    return [Job(p, c.name, s, data_dir, spec=c) for c in p.conditions for s in p.seeds]
+    return [Job(p, c.name, s, data_dir, spec=c) for c in p.conditions for s in p.condition_seeds(c)]
 
 
 def build_model(p: RunParams):
@@ -120,7 +142,9 @@ def run_one(job: Job[RunParams]) -> RunOutput:
     cfg = TrainConfig(steps=steps, lr=p.lr, weight_decay=c.weight_decay, batch_size=p.batch_size,
                       betas=p.betas, seed=job.seed)
     recorder = Recorder(job.run_id)
-    cadence = Cadence(p.cadence_every, steps, p.cadence_log_points)
+    every = getattr(c, "cadence_every", 0) or p.cadence_every
+    log_points = getattr(c, "cadence_log_points", -1)
+    cadence = Cadence(every, steps, p.cadence_log_points if log_points < 0 else log_points)
     result = train(model, split, cfg, recorder=recorder, cadence=cadence, spectra_every=p.spectra_every,
                    device=p.device)
     record = {
@@ -128,7 +152,7 @@ def run_one(job: Job[RunParams]) -> RunOutput:
         "task": f"modular_{c.op}_{p.modulus}", "model": p.model.model_dump_json(),
         "optimizer": "AdamW", "lr": p.lr, "betas": str(p.betas), "batch_size": p.batch_size,
         "train_fraction": p.train_fraction, "steps": steps, "shuffle_labels": c.shuffle_labels,
-        "clock": decay_clock(p.lr, c.weight_decay, steps), "outcome": result.outcome,
+        "clock": decay_clock(p.lr, c.weight_decay, steps), "cadence_every": every, "outcome": result.outcome,
         "diverged_at": result.diverged_at,
     }
     return RunOutput({"telemetry": recorder.frame(), "spectra": recorder.spectra_frame()}, record)

@@ -10,16 +10,21 @@ precursors to phase transitions". Definitions (stated once, used by the notebook
   (:func:`gradience.telemetry.signals.first_step_reaching`). Transition onset t*: the first cadence
   step from which test accuracy stays ≥ ``onset_threshold``
   (:func:`gradience.telemetry.signals.first_step_staying`); grok step: the same with ``grok_threshold``.
-- Analysis units (:func:`analysis_units`): a grokking run over [t_mem, t*); a reference run once
+- Ensemble indicators (:mod:`.ensemble`, the verdicts): the seeds of the ensemble condition aligned
+  on their transition t*, each paired with the reference run of the same seed at the same steps;
+  variance and lag-1 autocorrelation across seeds at each aligned time, their trend against time
+  to t* contrasted with the references' (bootstrap over pairs), its power by simulation; tr Σ of
+  tested vs reference runs at matched steps (level, change, direction) with its analytic power.
+- Per-run analyses (descriptive: one run's autocorrelated residuals give them power ≈ 0.04–0.12 at
+  the claimed effect), on the runs of ``runs.seeds`` only. Analysis units (:func:`analysis_units`): a grokking run over [t_mem, t*); a reference run once
   per tested condition, over that condition's grokking window of the same seed (medians; all seeds
   when that seed has none), from its own memorisation on.
 - Residual and level statistics, lead time and lead–lag: :mod:`.early_warning`.
 - Hypothesis verdict per test and tested condition, and power: :mod:`.hypothesis_tests`.
-- Findings (:func:`gradience.studies.grokking_transition.findings.findings`, ``reporting.judged``):
-  budgets = grokking runs analysed (≥ 2), control runs with which Mann–Whitney can reach p < α
-  (:func:`.hypothesis_tests.controls_needed`), median points before t* (≥ ``min_points``), for
-  either answer; a negative ("not reproduced") also needs the power to see the claimed effect (the
-  smallest effect detected with power ≥ ``target`` no larger than it), else "inconclusive".
+- Findings (:func:`gradience.studies.grokking_transition.findings.findings`, ``reporting.judged``)
+  from the ensemble: one budget for every row (pairs aligned ≥ ``ensemble.min_pairs``); a
+  negative ("not reproduced") also needs the power to see the claimed effect (the smallest effect
+  detected with power ≥ ``target`` no larger than it), else "inconclusive".
 
 Free choices the seed does not fix: lr, batch size, train fraction, the conditions, the cadence,
 the evaluation subset, the tr Σ subsample, the stop rule and the claimed effect sizes (all in the
@@ -27,7 +32,7 @@ params; the default profile's values are stated in the notebook).
 
 Stages: ``grokking_transition_runs`` trains the grid and writes the telemetry and one row per run;
 :func:`analyse` computes everything else from those tables with the ``report`` keys
-(``transition``, ``early_warning``, ``power``), so changing them reruns only the notebook.
+(``transition``, ``early_warning``, ``power``, ``ensemble``), so changing them reruns only the notebook.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from gradience.studies.grokking_transition.early_warning import (
     early_warning_table,
     signal_table,
 )
+from gradience.studies.grokking_transition.ensemble import EnsembleParams, ensemble_analysis
 from gradience.studies.grokking_transition.hypothesis_tests import (
     hit_fractions,
     hypothesis_tests,
@@ -69,6 +75,7 @@ class ReportParams(BaseReportParams):
     transition: TransitionParams = TransitionParams()
     early_warning: EarlyWarningParams = EarlyWarningParams()
     power: PowerParams = PowerParams()
+    ensemble: EnsembleParams = EnsembleParams()
 
 
 # ---------------------------------------------------------------------------------- transitions
@@ -134,14 +141,25 @@ class Analysis:
     tests: pd.DataFrame  # per test × tested condition: the verdict rule
     power: pd.DataFrame  # per test × tested condition × effect size: power
     power_summary: pd.DataFrame
+    # the ensemble indicators (:mod:`.ensemble`): the verdicts' measurements
+    ensemble_tests: pd.DataFrame  # per ensemble test × tested condition: τ, Δτ, bootstrap p
+    ensemble_power: pd.DataFrame  # per test × tested condition × slowing effect: power
+    ensemble_level: pd.DataFrame  # per tested condition: tr Σ tested vs reference at matched steps
+    ensemble_pairs: pd.DataFrame  # per pair: kept, or why dropped
+    ensemble_curves: pd.DataFrame  # ensemble indicators against aligned time, for figures
 
 
 def analyse(tables: Tables[RunParams], p: ReportParams, workers: int = 1) -> Analysis:
-    """Transitions, analysis units, the early-warning statistics of every unit (over ``workers``
-    processes), the hypothesis tests per tested condition and their power."""
+    """Transitions; the ensemble indicators and their power (the verdicts); the per-run analyses
+    on the runs of ``runs.seeds`` only: analysis units, the early-warning statistics of every unit
+    (over ``workers`` processes), the single-run hypothesis tests and their power."""
     tele = tables.telemetry
     transitions = transition_table(tele, tables.runs, p.transition)
-    units = analysis_units(transitions)
+    if "ensemble" not in transitions:  # tables written before ensemble conditions existed
+        transitions["ensemble"] = False
+    ens = ensemble_analysis(tele, transitions, p.ensemble, p.power.target, p.power.claimed_slowing,
+                            p.ensemble.slowing_effects, tables.params.cadence_every)
+    units = analysis_units(transitions[transitions["seed"].isin(tables.params.seeds)])
     ew_table, level = early_warning_table(tele, units, p.early_warning, workers, p.power)
     fractions = hit_fractions(ew_table)
     tests = hypothesis_tests(fractions, ew_table, p.early_warning)
@@ -149,7 +167,8 @@ def analyse(tables: Tables[RunParams], p: ReportParams, workers: int = 1) -> Ana
     model = (tele[tele["scope"] == MODEL_SCOPE].pivot_table(index=["run", "step"], columns="metric", values="value")
              .reset_index().merge(transitions[["run", "condition", "seed", "grokked"]], on="run"))
     return Analysis(tables.params, tele, model, transitions, units, ew_table, signal_table(ew_table), fractions,
-                    tests, power, power_summary(power, p.power.target))
+                    tests, power, power_summary(power, p.power.target), ens["tests"], ens["power"], ens["level"],
+                    ens["pairs"], ens["curves"])
 
 
 def curves(a: Analysis, p: ReportParams) -> pd.DataFrame:
@@ -167,6 +186,7 @@ def metrics(a: Analysis, p: ReportParams) -> dict:
         # which may round differently in the last bit)
         conditions[str(name)] = {
             "grokked_fraction": float(g["grokked"].mean()),
+            "onset_fraction": float(g["t_onset"].notna().mean()),
             "t_mem_mean": float(g["t_mem"].mean()),
             "t_onset_mean": float(grok["t_onset"].mean()) if len(grok) else math.nan,
             "grok_step_mean": float(grok["grok_step"].mean()) if len(grok) else math.nan,
@@ -185,4 +205,21 @@ def metrics(a: Analysis, p: ReportParams) -> dict:
                                        "n_control_runs", "p_mannwhitney", "n_points", "resid_lag1", "tau_grok",
                                        "tau_control")} | {k: ps.get(k, math.nan) for k in
                                                           ("power_at_claim", "mde_effect", "mde_tau")}
-    return {"conditions": conditions, "tests": tests}
+    ensemble: dict[str, dict] = {}
+    for t in a.ensemble_tests.itertuples():
+        pw = a.ensemble_power[(a.ensemble_power["test"] == t.test) & (a.ensemble_power["tested"] == t.tested)]
+        at = pw[pw["claimed"]]
+        ensemble.setdefault(t.test, {})[t.tested] = {
+            k: float(getattr(t, k, math.nan)) for k in ("tau_tested", "tau_reference", "delta_tau", "p_value",
+                                                        "n_pairs", "resid_lag1")} | {
+            "power_at_claim": float(at["power"].iloc[0]) if len(at) else math.nan,
+            "mde_effect": ensemble_detectable(pw, p.power.target)}
+    level = {str(r["tested"]): {k: float(v) for k, v in r.items() if k not in ("tested", "metric")}
+             for r in a.ensemble_level.to_dict("records")}
+    return {"conditions": conditions, "tests": tests, "ensemble": ensemble, "ensemble_level": level}
+
+
+def ensemble_detectable(power: pd.DataFrame, target: float) -> float:
+    """The smallest slowing effect an ensemble test detects with power ≥ ``target`` (inf: none tried)."""
+    ok = power[power["power"] >= target]
+    return float(ok["effect"].min()) if len(ok) else math.inf

@@ -1,4 +1,7 @@
-"""Protocol B: the hypothesis tests per tested condition and their power (report side).
+"""Protocol B: the single-run hypothesis tests per tested condition and their power (report side).
+
+Descriptive since the ensemble indicators (:mod:`.ensemble`) carry the verdicts: one run's
+residuals are autocorrelated at any cadence, so these tests have little power at the claimed effect.
 
 - Hypothesis verdict (:func:`hypothesis_verdict`) per test and tested condition: per unit, the
   fraction of its series that signal. *present*: mean over grokking runs ≥ ``min_hit_fraction``;

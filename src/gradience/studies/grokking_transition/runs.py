@@ -10,11 +10,25 @@
   its test accuracy stays ≥ ``stop.threshold`` (so grokking runs cost only what they need); a
   condition may cap its own steps (``steps``).
 - Conditions: *tested* ones (expected to grok) and *reference* ones (``reference: true``, weight
-  decay 0: the non-grokking controls). Every tested condition is tested on its own.
+  decay 0: the non-grokking controls). A condition may have its own ``seeds`` and ``stop``.
+- Ensemble conditions (``ensemble: true``): many seeds of one fast-grokking condition and as many
+  seeds of its reference (same op, same seeds: same data split and initialisation), with the same
+  telemetry. The ensemble indicators (:mod:`.ensemble`) read them across seeds, aligned on each
+  seed's transition, the reference run of the same seed at the same steps. A tested ensemble run
+  only needs to reach its transition, so it may stop early (its own ``stop``); a reference run
+  needs the steps of its pair's transition (its own ``steps``). The per-run analyses read the
+  runs of ``runs.seeds`` of every condition.
 
-Free choices the seed does not fix: lr, batch size, train fraction, the conditions, the cadence,
-the evaluation subset, the tr Σ subsample and the stop rule (all in the params; the default
-profile's values are stated in the notebook).
+Free choices the seed does not fix, and what the default profile's values rest on: lr, batch
+size, train fraction, model (the grokking study's MLP: addition groks in ~1–2k steps at wd 0.3,
+~4–6k at wd 0.1); the cadence (20 steps: ≥ 36 points between memorisation (~180 steps) and the
+transition (~1.3k steps at wd 0.3) in a pilot); the evaluation subset and tr Σ subsample (128
+examples, the per-step cost); the stop rules (a per-run condition stops 300 steps after grokking;
+the ensemble's tested runs stop one cadence interval after they grok: in a pilot t* ≈ 1.1–1.5k
+steps, ~5.7 ms per step, ~10.6 CPU-s per run to the grok); the ensemble size (36 seeds, so that ≥ 24 pairs
+cover the aligned window) and its reference's length (2000 steps, past every pilot onset; ~10
+CPU-s per run).
+All are in the params.
 """
 
 from __future__ import annotations
@@ -37,15 +51,19 @@ class GradientParams(Section):
     chunk: int = Field(default=256, ge=1, description="per-example gradients computed at once")
 
 
-class TransitionCondition(Condition):
-    reference: bool = Field(default=False, description="a non-grokking reference (control) for every tested condition")
-    steps: int | None = Field(default=None, gt=0, description="this condition's step cap (default: runs.steps)")
-
-
 class StopParams(Section):
     threshold: float = Field(default=0.95, gt=0, le=1)
     hold_steps: int = Field(default=300, ge=0, description="stop once test accuracy stayed ≥ threshold this long "
                                                             "(0: never stop early)")
+
+
+class TransitionCondition(Condition):
+    reference: bool = Field(default=False, description="a non-grokking reference (control) for every tested condition")
+    steps: int | None = Field(default=None, gt=0, description="this condition's step cap (default: runs.steps)")
+    seeds: list[int] | None = Field(default=None, min_length=1, description="this condition's seeds (default: runs.seeds)")
+    ensemble: bool = Field(default=False, description="read by the ensemble indicators (aligned across seeds), "
+                                                      "not by the per-run analyses")
+    stop: StopParams | None = Field(default=None, description="this condition's stop rule (default: runs.stop)")
 
 
 class RunParams(ModularRunParams):
@@ -67,6 +85,10 @@ class RunParams(ModularRunParams):
     def _tested_and_reference(cls, v: list[TransitionCondition]) -> list[TransitionCondition]:
         if not any(c.reference for c in v) or all(c.reference for c in v):
             raise ValueError("need at least one tested condition and one reference condition (reference: true)")
+        for c in v:
+            if c.ensemble and not any(r.ensemble and r.reference != c.reference and r.op == c.op for r in v):
+                raise ValueError(f"ensemble condition {c.name!r} needs an ensemble "
+                                 f"{'tested' if c.reference else 'reference'} condition of op {c.op!r}")
         return v
 
 
@@ -75,7 +97,7 @@ TABLES = ("telemetry",)
 
 
 def jobs(p: RunParams, data_dir: str) -> list[Job[RunParams]]:
-    return [Job(p, c.name, s, data_dir, spec=c) for c in p.conditions for s in p.seeds]
+    return [Job(p, c.name, s, data_dir, spec=c) for c in p.conditions for s in (c.seeds or p.seeds)]
 
 
 class GrokStop:
@@ -116,11 +138,11 @@ def run_one(job: Job[RunParams]) -> RunOutput:
     recorder = Recorder(job.run_id)
     probes = [GradientProbe(), NoiseScaleProbe(p.gradients.noise_examples, job.seed, p.gradients.chunk)]
     n_eval = p.eval_examples or split.x_test.shape[0]
-    stop = GrokStop(model, split.x_test[:n_eval], split.y_test[:n_eval], p.stop)
+    stop = GrokStop(model, split.x_test[:n_eval], split.y_test[:n_eval], c.stop or p.stop)
     result = train(model, split, cfg, recorder=recorder, cadence=Cadence(p.cadence_every, steps),
                    probes=probes, device=p.device, stop=stop)
     record = {
-        "role": c.role, "reference": c.reference, "op": c.op, "weight_decay": c.weight_decay,
+        "role": c.role, "reference": c.reference, "ensemble": c.ensemble, "op": c.op, "weight_decay": c.weight_decay,
         "task": f"modular_{c.op}_{p.modulus}", "model": p.model.model_dump_json(), "optimizer": "AdamW",
         "lr": p.lr, "betas": str(p.betas), "batch_size": p.batch_size, "train_fraction": p.train_fraction,
         "steps": steps, "steps_run": result.steps_run, "clock": decay_clock(p.lr, c.weight_decay, result.steps_run),

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -130,10 +131,20 @@ def blowup_stop(factor: float) -> Callable[[Recorder | None, int], bool]:
     return stop
 
 
-def train_regime(job: Job[RegimeRunParams], probes: Sequence[Probe], spectra_every: int = 0) -> RunOutput:
-    """Train one regime × seed (``job.spec``: its :class:`Regime`) with the stage's probes;
-    telemetry, spectra and the run record. ``job.params`` carries ``data``, ``model``, ``steps``,
-    ``cadence_every`` and ``blowup_factor``."""
+@dataclass
+class RegimeRun:
+    """One regime × seed set up for training: its data on the device, the model, the initial
+    sharpness λ_max(θ₀), the learning rate (in units of the initial edge 2/λ_max(θ₀) where the regime
+    says so) and the training configuration (full-batch GD; the ramp is a linear warm-up over the run)."""
+
+    split: Split
+    model: CausalLM
+    lambda0: float
+    lr: float
+    cfg: TrainConfig
+
+
+def setup_regime(job: Job[RegimeRunParams]) -> RegimeRun:
     p, r = job.params, job.spec
     device = resolve_device(p.device)
     split, vocab = lm_split(job.data_dir, p.data, job.seed)
@@ -143,14 +154,24 @@ def train_regime(job: Job[RegimeRunParams], probes: Sequence[Probe], spectra_eve
     lr = r.lr * 2.0 / lambda0 if r.lr_unit == "initial_edge" else r.lr
     cfg = TrainConfig(steps=p.steps, lr=lr, batch_size=0, grad_clip=r.grad_clip, seed=job.seed,
                       warmup_steps=p.steps if r.ramp else 0, optimizer="sgd")
+    return RegimeRun(split, model, lambda0, lr, cfg)
+
+
+def train_set_up(job: Job[RegimeRunParams], run: RegimeRun, probes: Sequence[Probe], spectra_every: int = 0,
+                 lr_schedule: Callable[[int], float] | None = None) -> tuple[Recorder, dict]:
+    """Train ``run`` with the stage's probes (and ``lr_schedule``, a multiplier of the base η per
+    update, where given); the recorder and the run record (a run stopped by the blow-up rule is
+    ``blew_up``)."""
+    p, r = job.params, job.spec
     recorder = Recorder(job.run_id)
-    result = train(model, split, cfg, recorder=recorder, cadence=Cadence(p.cadence_every, p.steps),
+    result = train(run.model, run.split, run.cfg, recorder=recorder, cadence=Cadence(p.cadence_every, p.steps),
                    probes=probes, spectra_every=spectra_every, device=p.device,
-                   stop=blowup_stop(p.blowup_factor))
+                   stop=blowup_stop(p.blowup_factor), lr_schedule=lr_schedule)
     outcome, at = result.outcome, result.diverged_at
     if outcome == "completed" and result.steps_run < p.steps:
         outcome, at = "blew_up", result.steps_run
         recorder.log(at, MODEL_SCOPE, "blew_up", 1.0)
+    lr, lambda0 = run.lr, run.lambda0
     record = {
         "kind": r.kind, "lr": lr, "lr_param": r.lr, "lr_unit": r.lr_unit, "lambda_max_init": lambda0,
         "lr_over_initial_edge": lr * lambda0 / 2.0, "ramp": r.ramp, "grad_clip": r.grad_clip,
@@ -158,6 +179,14 @@ def train_regime(job: Job[RegimeRunParams], probes: Sequence[Probe], spectra_eve
         "data": p.data.model_dump_json(), "model": p.model.model_dump_json(), "steps": p.steps,
         "cadence_every": p.cadence_every, "blowup_factor": p.blowup_factor, "outcome": outcome,
         "diverged_at": float(at) if at is not None else math.nan,
-        "n_params": sum(q.numel() for q in model.parameters()),
+        "n_params": sum(q.numel() for q in run.model.parameters()),
     }
+    return recorder, record
+
+
+def train_regime(job: Job[RegimeRunParams], probes: Sequence[Probe], spectra_every: int = 0) -> RunOutput:
+    """Train one regime × seed (``job.spec``: its :class:`Regime`) with the stage's probes;
+    telemetry, spectra and the run record. ``job.params`` carries ``data``, ``model``, ``steps``,
+    ``cadence_every`` and ``blowup_factor``."""
+    recorder, record = train_set_up(job, setup_regime(job), probes, spectra_every)
     return RunOutput({"telemetry": recorder.frame(), "spectra": recorder.spectra_frame()}, record)

@@ -10,11 +10,13 @@ the criteria of :mod:`.trajectories`; :mod:`.findings` judges the claims on the 
 - *shapes* (:func:`shapes`): the hypothesis-4 criterion and label of every (run, layer, matrix)
   effective-rank trajectory of a completed run.
 - *between-seed agreement* (:func:`seed_agreement`, falsifier 4): per family, layer and matrix, R²
-  over the healthy runs; layers whose seed-mean trajectory moves less than ``plateau_tol`` of its
+  over the healthy runs beside its time-permuted null (mean, 1 − α quantile, p-value); layers whose seed-mean trajectory moves less than ``plateau_tol`` of its
   mean are *flat* (left out of the claim).
 - *layers* (:func:`layer_table`): per (run, layer) W₀'s numerical rank ``r_max``, its effective
   rank ``r0``, *room to expand* (``r0 ≤ r_max / (1 + expand_min)``) and *moved* (``‖W_T − W₀‖_F /
   ‖W₀‖_F``).
+- *matched kicks* (:func:`kick_pairs`): per seed, the W rank jump of a spike run beside that of the
+  run kicked at ``t_s`` by a random matrix of the spike's window-update norm, trained at the healthy lr.
 - *rank response* (:func:`rank_response`): a matrix's effective rank in the spike run over the
   healthy run (same seed, layer), minus one, at ``t_e`` (right after the spike) and at ``T``; the
   dose–response (:func:`dose_response`) takes its median over layers per family × size × seed.
@@ -41,6 +43,8 @@ from gradience.studies.rank_survey.trajectories import (
     between_seed_r2,
     loss_plateau,
     max_window_change,
+    permutation_p,
+    permuted_r2_null,
     setback,
     trajectory_shape,
     window_change,
@@ -61,6 +65,8 @@ class ReportParams(BaseReportParams):
     r2_min: float = Field(default=0.8, gt=0, le=1)
     holds_fraction: float = Field(default=0.5, gt=0, le=1)
     min_seeds: int = Field(default=3, ge=2, description="seeds a spread over seeds needs")
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="level of the permutation and paired tests")
+    null_permutations: int = Field(default=199, ge=19, description="time permutations of the R² null")
 
 
 def short_name(scope: str) -> str:
@@ -108,8 +114,10 @@ def shapes(ranks: pd.DataFrame, runs: pd.DataFrame, c: Criterion) -> pd.DataFram
     return done[["run", "family", "arm", "lr_spike", "role", "seed"]].merge(pd.DataFrame(rows), on="run")
 
 
-def seed_agreement(ranks: pd.DataFrame, runs: pd.DataFrame, c: Criterion) -> pd.DataFrame:
-    """Per (family, layer, matrix) of the healthy runs: between-seed R², whether it is flat, seeds used."""
+def seed_agreement(ranks: pd.DataFrame, runs: pd.DataFrame, c: Criterion, n_null: int = 199,
+                   alpha: float = 0.05) -> pd.DataFrame:
+    """Per (family, layer, matrix) of the healthy runs: between-seed R², whether it is flat, seeds used,
+    and its time-permuted null (:func:`.trajectories.permuted_r2_null`): mean, (1 − α) quantile, p-value."""
     healthy = runs[(runs["role"] == "healthy") & (runs["outcome"] == "completed")]
     rows = []
     for (family, scope, matrix), g in ranks[ranks["run"].isin(healthy["run"])].groupby(
@@ -117,8 +125,11 @@ def seed_agreement(ranks: pd.DataFrame, runs: pd.DataFrame, c: Criterion) -> pd.
         m = g.pivot_table(index="seed", columns="step", values="value").dropna(axis=1).to_numpy()
         mean = m.mean(axis=0)
         flat = bool(mean.max() - mean.min() < c.plateau_tol * mean.mean())
-        rows.append({"family": family, "scope": scope, "matrix": matrix, "r2": between_seed_r2(m), "flat": flat,
-                     "n_seeds": len(m)})
+        r2 = between_seed_r2(m)
+        null = permuted_r2_null(m, n_null, seed=len(rows))
+        rows.append({"family": family, "scope": scope, "matrix": matrix, "r2": r2, "flat": flat, "n_seeds": len(m),
+                     "r2_null_mean": float(null.mean()), "r2_null_q": float(np.quantile(null, 1 - alpha)),
+                     "p_null": permutation_p(r2, null)})
     return pd.DataFrame(rows)
 
 
@@ -157,7 +168,7 @@ def rank_response(ranks: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     wide = ranks.pivot_table(index=["run", "scope", "matrix"], columns="step", values="value")
     healthy = runs[runs["role"] == "healthy"].set_index(["family", "seed"])["run"]
     rows = []
-    for rec in runs[(runs["role"] == "spike") & (runs["outcome"] == "completed")].itertuples():
+    for rec in runs[runs["role"].isin(["spike", "kick"]) & (runs["outcome"] == "completed")].itertuples():
         h_run = healthy.get((rec.family, rec.seed))
         if h_run is None or h_run not in wide.index.get_level_values("run"):
             continue
@@ -170,7 +181,7 @@ def rank_response(ranks: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
             vals = {"before": row[rec.event_start], "after": row[rec.event_end], "end": row[last],
                     "healthy_after": hr[rec.event_end], "healthy_end": hr[last]}
             rows.append({"run": rec.run, "family": rec.family, "arm": rec.arm, "lr_spike": rec.lr_spike,
-                         "seed": rec.seed, "destabilised": rec.destabilised, "scope": scope, "matrix": matrix, **vals,
+                         "role": rec.role, "seed": rec.seed, "destabilised": rec.destabilised, "scope": scope, "matrix": matrix, **vals,
                          "response_after": relative_change(vals["after"], vals["healthy_after"]),
                          "response_end": relative_change(vals["end"], vals["healthy_end"])})
     return pd.DataFrame(rows)
@@ -179,14 +190,33 @@ def rank_response(ranks: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 def dose_response(runs: pd.DataFrame, response: pd.DataFrame) -> pd.DataFrame:
     """Per family × spike size × seed: setback, destabilised, plateau, rank jump, and per matrix the
     median over layers of the rank response right after the spike (``response_<matrix>``, 0 for ×1)."""
-    out = runs[["family", "arm", "lr_spike", "seed", "outcome", "setback", "destabilised", "plateau_reached",
-                "rank_jump", "rank_jump_null"]].copy()
+    out = runs.loc[runs["role"] != "kick", ["family", "arm", "lr_spike", "seed", "outcome", "setback", "destabilised",
+                                            "plateau_reached", "rank_jump", "rank_jump_null"]].reset_index(drop=True)
+    if len(response):
+        response = response[response["role"] == "spike"]
     for matrix in MATRICES:
         med = (response[response["matrix"] == matrix].groupby(["family", "lr_spike", "seed"])["response_after"]
                .median() if len(response) else pd.Series(dtype=float))
         col = out.set_index(["family", "lr_spike", "seed"]).index.map(lambda k, m=med: m.get(k, math.nan))
         out[f"response_{matrix}"] = np.where(out["lr_spike"] == 1, 0.0, np.asarray(col, dtype=float))
     return out
+
+
+def kick_pairs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per family × kick size × seed: the spike run of that size beside its matched-norm kick run (same
+    seed): W rank jump across the window, destabilised, setback, and the healthy run's rank-jump null."""
+    key = ["family", "seed"]
+    if "kick" not in runs:  # tables from before the kick arm
+        return pd.DataFrame()
+    kicks = runs[runs["role"] == "kick"]
+    spikes = runs[runs["role"] == "spike"][key + ["lr_spike", "rank_jump", "destabilised", "setback"]]
+    healthy = runs[runs["role"] == "healthy"][key + ["rank_jump_null"]]
+    out = kicks[key + ["kick", "kicked", "kick_relative", "rank_jump", "destabilised", "setback"]].rename(
+        columns={"rank_jump": "kick_jump", "destabilised": "kick_destabilised", "setback": "kick_setback"})
+    out = out.merge(spikes.rename(columns={"lr_spike": "kick", "rank_jump": "spike_jump",
+                                           "destabilised": "spike_destabilised", "setback": "spike_setback"}),
+                    on=[*key, "kick"], how="left")
+    return out.merge(healthy, on=key, how="left").reset_index(drop=True)
 
 
 @dataclass
@@ -198,25 +228,27 @@ class Analysis:
     layers: pd.DataFrame  # per (run, layer): r_max, r0, room, moved
     shapes: pd.DataFrame  # one row per (run, layer, matrix) trajectory
     agreement: pd.DataFrame
-    response: pd.DataFrame  # per spike run, layer and matrix
+    response: pd.DataFrame  # per spike or kick run, layer and matrix
     dose: pd.DataFrame  # per family × size × seed
+    kicks: pd.DataFrame  # per family × kick size × seed: spike run beside its matched kick
 
 
 def analyse(tables: Tables[RunParams], p: ReportParams) -> Analysis:
     """Plateau and stability of every run, shapes of every trajectory, between-seed agreement, the
-    rank response to each spike size. Runs are put back in grid order (families, sizes, seeds), read from
-    their recorded ``family``, ``lr_spike`` and ``seed``."""
+    rank response to each spike size, the spike runs beside their matched kicks. Runs are put back in grid
+    order (families, arms, seeds), read from their recorded ``family``, ``arm`` and ``seed``."""
     rp, tele = tables.params, tables.telemetry
-    grid = {key: i for i, key in enumerate(product(rp.families, rp.sizes, rp.seeds))}
-    position = [grid[key] for key in zip(tables.runs["family"], tables.runs["lr_spike"], tables.runs["seed"],
+    grid = {key: i for i, key in enumerate(product(rp.families, [arm.name for arm in rp.arms], rp.seeds))}
+    position = [grid[key] for key in zip(tables.runs["family"], tables.runs["arm"], tables.runs["seed"],
                                          strict=True)]
     runs = tables.runs.iloc[np.argsort(position, kind="stable")].reset_index(drop=True)
     ranks = rank_frame(tele, tables.changes, runs)
     runs = run_stability(tele, ranks, runs, p)
     response = rank_response(ranks, runs)
     return Analysis(rp, tele, runs, ranks, layer_table(tele, tables.changes, runs, p.criterion.expand_min),
-                    shapes(ranks, runs, p.criterion), seed_agreement(ranks, runs, p.criterion), response,
-                    dose_response(runs, response))
+                    shapes(ranks, runs, p.criterion),
+                    seed_agreement(ranks, runs, p.criterion, p.null_permutations, p.alpha), response,
+                    dose_response(runs, response), kick_pairs(runs))
 
 
 def curves(a: Analysis, p: ReportParams) -> pd.DataFrame:
@@ -259,5 +291,15 @@ def metrics(a: Analysis, p: ReportParams) -> dict:
         out["layers"][family] = {"moved_median": float(g["moved"].median()), "room_fraction": float(g["room"].mean()),
                                  "r0_over_rmax_median": float((g["r0"] / g["r_max"]).median())}
     for matrix, g in a.agreement.groupby("matrix", sort=False) if len(a.agreement) else ():
-        out["seed_agreement_r2_median"][matrix] = float(g.loc[~g["flat"], "r2"].median())
+        moving = g[~g["flat"]]
+        out["seed_agreement_r2_median"][matrix] = float(moving["r2"].median())
+        out.setdefault("seed_agreement_null", {})[matrix] = {
+            "r2_null_mean_median": float(moving["r2_null_mean"].median()),
+            "r2_null_q_median": float(moving["r2_null_q"].median()),
+            "beyond_null_layers": int((moving["p_null"] <= p.alpha).sum()), "moving_layers": len(moving)}
+    for (family, size), g in a.kicks.groupby(["family", "kick"], sort=False) if len(a.kicks) else ():
+        out.setdefault("kicks", {}).setdefault(family, {})[f"x{size:g}"] = {
+            "kick_jump_mean": float(g["kick_jump"].mean()), "spike_jump_mean": float(g["spike_jump"].mean()),
+            "kick_destabilised_runs": int(g["kick_destabilised"].sum()),
+            "kick_relative_mean": float(g["kick_relative"].mean())}
     return out

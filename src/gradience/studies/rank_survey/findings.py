@@ -2,31 +2,42 @@
 
 Every verdict goes through :func:`gradience.reporting.judged` with the budgets the claim needs; the
 claim's registered kind decides what a short budget blocks (the shape claims are events, the
-agreement and LR-spike claims comparisons, whose negative needs a stated power: none is computed
-here, so it reads "inconclusive").
+agreement and LR-spike claims comparisons, whose negative needs a stated power: the agreement and
+sudden-change claims state it; inflation does not, so its negative reads "inconclusive").
 A claim "holds in a family" when at least ``holds_fraction`` of its healthy layer × seed
 trajectories satisfy it. Budgets, per family: every healthy run reached the loss plateau; for W
 also ≥ ``holds_fraction`` of the trajectories *moved* (``‖W_T − W₀‖_F / ‖W₀‖_F ≥ move_min``) and
 had *room to expand* (``r_0 ≤ r_max / (1 + x)``, ``r_max`` = W₀'s numerical rank, min(m, n) at a
 random initialisation). The shape claims must hold in every family, so one family that had its
 budgets and fails refutes them; they get one row per matrix (W, W − W₀, ∂L/∂W), as does the
-agreement claim (structured: R² ≥ ``r2_min`` in ≥ ``holds_fraction`` of the moving layers).
+agreement claim: structured when ≥ ``holds_fraction`` of the moving layers have R² ≥ ``r2_min`` and
+beat their time-permuted null at ``alpha``; power: the null's (1 − α) quantile (median over layers),
+the smallest R² the test can call structured, against ``r2_min``.
 
 LR spike, dose–response (one row per family, the dose–response over spike sizes in ``measured``):
 a spike size *destabilises* a family when at least ``holds_fraction`` of its seeds are
 destabilised. Inflation holds in a family when ≥ ``holds_fraction`` of the layer × run pairs of
-destabilised runs at destabilising sizes have a W response ≥ ``expand_min``; a sudden change, when
-≥ ``holds_fraction`` of those runs jump beyond their healthy null.
+destabilised runs at destabilising sizes have a W response ≥ ``expand_min``. A sudden change holds
+when ≥ ``holds_fraction`` of those runs jump beyond their healthy null (the largest W rank change the
+healthy run shows over any window of that length) AND the jump is specific to the instability: over
+the seeds where the spike destabilised, the mean of ``log(spike jump / kick jump)`` against its
+matched-norm random kick exceeds what a one-sided paired t-test at ``alpha`` can detect. That
+detectable mean is the power, against the claimed effect: the spike's mean log jump over the healthy
+null (what a spike-specific change would show over a move that stays at the null). A kick that
+destabilised too (in ≥ ``holds_fraction`` of the pairs) and is not exceeded decides nothing
+("inconclusive"): its jump coincides with its own instability.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
-from gradience.reporting import Budget, judged, mean_spread
+from gradience.reporting import Budget, Power, judged, mean_spread
 from gradience.studies.rank_survey.analysis import LABELS, MATRICES, Analysis, ReportParams
+from gradience.studies.rank_survey.trajectories import paired_log_ratio
 
 Row = dict[str, str]
 
@@ -121,14 +132,20 @@ def structured_dynamics(a: Analysis, p: ReportParams) -> list[Row]:
             rows.append(judged("rank_survey.structured_dynamics", f"{LABELS[matrix]}: no moving layer or < 2 seeds",
                                None, "between-seed agreement needs ≥ 2 seeds and a trajectory that moves", budgets))
             continue
-        ok = moving["r2"] >= p.r2_min
+        beyond = moving["p_null"] <= p.alpha
+        ok = (moving["r2"] >= p.r2_min) & beyond
         holds = float(ok.mean()) >= p.holds_fraction
+        power = Power(f"between-seed R² a layer needs to beat its time-permuted null at α = {p.alpha:g} (median "
+                      "over moving layers)", float(moving["r2_null_q"].median()), p.r2_min)
         rows.append(judged(
             "rank_survey.structured_dynamics",
-            f"{LABELS[matrix]}: between-seed R² median {moving['r2'].median():.3f}; {int(ok.sum())}/{len(moving)} "
-            f"moving layers ≥ {p.r2_min:g} ({int(ag['flat'].sum())} flat layers left out)",
-            holds, "seeds trace the same per-layer curve" if holds else
-            "per-layer trajectories differ between seeds more than they move", budgets))
+            f"{LABELS[matrix]}: between-seed R² median {moving['r2'].median():.3f} vs time-permuted null "
+            f"{moving['r2_null_mean'].median():.3f} (its {1 - p.alpha:.0%} quantile {moving['r2_null_q'].median():.3f}, "
+            f"{p.null_permutations} permutations); beyond the null in {int(beyond.sum())}/{len(moving)} moving layers, "
+            f"{int(ok.sum())} of them with R² ≥ {p.r2_min:g} ({int(ag['flat'].sum())} flat layers left out)",
+            holds, "seeds trace the same per-layer curve, beyond what the same values in random time order give"
+            if holds else "per-layer trajectories agree across seeds no better than time-permuted ones, or below r2_min",
+            budgets, power))
     return rows
 
 
@@ -183,15 +200,43 @@ def _sudden_change_row(a: Analysis, p: ReportParams, family: str) -> Row:
     hit = spiked[spiked["lr_spike"].isin(sizes) & spiked["destabilised"] & spiked["rank_jump"].notna()]
     calm = spiked[~spiked["destabilised"]]
     jumps = "; ".join(f"×{z:g} {mean_spread(g['rank_jump'], '{:.3f}')}" for z, g in d.groupby("lr_spike", sort=True))
+    k = a.kicks[a.kicks["family"] == family] if len(a.kicks) else a.kicks
+    pairs = k[k["kick"].isin(sizes) & k["kicked"] & k["spike_destabilised"].astype(bool)] if len(k) else k
+    kicks_destabilised = bool(len(pairs)) and float(pairs["kick_destabilised"].mean()) >= p.holds_fraction
+    mean_d, detectable, n = (paired_log_ratio(pairs["spike_jump"], pairs["kick_jump"], p.alpha) if len(pairs)
+                             else (math.nan, math.inf, 0))
+    claimed = float(np.log(pairs["spike_jump"] / pairs["rank_jump_null"]).mean()) if len(pairs) else math.nan
+    kick_text = "; ".join(
+        f"matched kick ×{z:g} (‖kick‖/‖W₀‖ {mean_spread(g['kick_relative'], '{:.2f}')}): jump "
+        f"{mean_spread(g['kick_jump'], '{:.3f}')}, destabilised {int(g['kick_destabilised'].sum())}/{len(g)}"
+        for z, g in k.groupby("kick", sort=True)) if len(k) else "no matched kick"
     measured = (f"{family}: |Δ log r_eff(W)| across the spike window, max over layers: {jumps}; healthy runs' "
                 f"largest change over any window of that length: {mean_spread(null, '{:.3f}')}; beyond it in "
                 f"{int(hit['beyond'].sum())}/{len(hit)} destabilised and {int(calm['beyond'].sum())}/{len(calm)} "
-                "non-destabilised spike runs")
+                f"non-destabilised spike runs; {kick_text}; mean log(spike jump / kick jump) over {n} paired seeds "
+                f"{mean_d:+.2f}")
     frac = float(hit["beyond"].mean()) if len(hit) else math.nan
+    beyond_null = bool(len(hit)) and frac >= p.holds_fraction
+    specific = n >= 2 and mean_d > detectable
     why = (f"destabilising sizes: {_sizes_text(sizes)}; {frac:.0%} of their destabilised runs jump beyond the "
            "healthy null" if len(hit) else "no destabilised run to read a jump from")
-    return judged("rank_survey.instability_sudden_change", measured,
-                  bool(len(hit)) and frac >= p.holds_fraction, why, _spike_budgets(a, family, p, sizes))
+    if specific:
+        why += (f"; the jump exceeds that of a random kick of the same norm (one-sided paired t at α = {p.alpha:g}): "
+                "it is not just the size of the move")
+    elif kicks_destabilised:
+        why += ("; not shown to exceed the matched-norm random kick's jump, but that kick destabilised training "
+                "too, so its jump does not separate a large move from an instability")
+    else:
+        why += "; not shown to exceed the jump of a matched-norm random kick that did not destabilise"
+    budgets = [*_spike_budgets(a, family, p, sizes),
+               Budget("seeds with a destabilised spike and its matched-norm kick (same seed, a destabilising size)",
+                      len(pairs), p.min_seeds)]
+    # holds: beyond the null and specific; no verdict when a kick that destabilised too is not exceeded
+    holds = (beyond_null and specific) if (specific or not beyond_null or not kicks_destabilised) else None
+    # the stated power is the specificity test's: a negative read from the healthy null alone gets none
+    power = (Power("mean log(spike jump / matched-kick jump), one-sided paired t (claimed: the spike's log jump "
+                   "over the healthy null)", detectable, claimed) if beyond_null else None)
+    return judged("rank_survey.instability_sudden_change", measured, holds, why, budgets, power)
 
 
 def instability_rank_inflation(a: Analysis, p: ReportParams) -> list[Row]:

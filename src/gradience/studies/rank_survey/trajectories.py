@@ -5,8 +5,9 @@ Report side: every threshold here is a ``report`` key (:class:`Criterion`, :clas
 
 **Loss plateau** (``report.plateau``). With ``s`` the train loss on the even cadence grid,
 smoothed by the centred rolling median of ``criterion.smoothing_window`` points, a run *reached
-the plateau* iff over its last ``window_fraction`` of steps ``max s − min s ≤ max_progress ·
-(s_0 − min s)``: the loss moves by at most that share of its total decrease.
+the plateau* iff the least-squares trend of ``s`` over its last ``window_fraction`` of steps
+changes it by at most ``max_progress · (s_0 − min s)`` across that window: the loss still falls
+(or rises) by at most that share of its total decrease.
 
 **Hypothesis-4 criterion** (seed 001: "effective rank follows expansion → compression →
 plateau"). Let ``r_0..r_K`` be one trajectory at its cadence steps ``t_0 < … < t_K = T`` (from
@@ -28,6 +29,10 @@ label, the first that applies: ``expansion→compression→plateau``; ``expansio
 
 **Between-seed agreement** (falsifier 4): ``R² = 1 − Σ_s,t (r_st − r̄_t)² / Σ_s,t (r_st − r̄)²``
 of a seeds × steps matrix (``r̄_t`` the seed mean at step t).
+
+Its null (:func:`permuted_r2_null`): the same R² after putting each seed's values in an independent
+random step order; a layer is structured when its R² beats that null at level α (permutation p-value)
+and reaches ``r2_min``; the null's (1 − α) quantile is the smallest R² the test could call structured.
 
 **Setback** of a run: ``max_i (ℓ_i − m_i) / (ℓ_0 − m_i)`` over cadence steps ``t_i ≥
 burn_in_fraction·T`` (ℓ the train loss, ``m_i = min_{j<i} ℓ_j``: the share of the progress so far
@@ -102,19 +107,52 @@ def between_seed_r2(matrix: np.ndarray) -> float:
     return float(1 - ((m - m.mean(axis=0)) ** 2).sum() / total) if total > 0 else math.nan
 
 
+def permuted_r2_null(matrix: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Between-seed R² of ``n`` time-permuted copies of a seeds × steps matrix: each seed's values put in
+    an independent random step order (its level and spread kept, its time course and its alignment
+    with the other seeds destroyed): what "noisy, unstructured" dynamics of the same values give."""
+    m = np.asarray(matrix, dtype=float)
+    rng = np.random.default_rng(seed)
+    return np.array([between_seed_r2(rng.permuted(m, axis=1)) for _ in range(n)])
+
+
+def permutation_p(observed: float, null: np.ndarray) -> float:
+    """One-sided permutation p-value ``(1 + #{null ≥ observed}) / (1 + n)``."""
+    null = np.asarray(null, dtype=float)
+    return float((1 + np.sum(null >= observed)) / (1 + null.size)) if math.isfinite(observed) else math.nan
+
+
+def paired_log_ratio(a: np.ndarray, b: np.ndarray, alpha: float) -> tuple[float, float, int]:
+    """``(mean d, detectable, n)`` of the paired log-ratios ``d = log(a / b)``: ``detectable`` is the
+    smallest mean the one-sided t-test at ``alpha`` calls > 0 (``t_{1−α, n−1}·sd/√n``; ``inf`` if n < 2)."""
+    from scipy import stats
+
+    d = np.log(np.asarray(a, dtype=float) / np.asarray(b, dtype=float))
+    d = d[np.isfinite(d)]
+    if d.size < 2:
+        return (float(d.mean()) if d.size else math.nan), math.inf, int(d.size)
+    detectable = float(stats.t.ppf(1 - alpha, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
+    return float(d.mean()), detectable, int(d.size)
+
+
 def loss_plateau(steps: np.ndarray, loss: np.ndarray, every: int, window: int, p: Plateau) -> float:
-    """``(max s − min s)`` over the last ``window_fraction`` of the run ÷ ``(s_0 − min s)``: how far the
-    smoothed train loss still moves at the end, as a share of its total decrease (``nan`` if it never
-    decreased). ``s``: the loss on the even grid (multiples of ``every``, and the last step), rolling
-    median of ``window``."""
+    """``|b|·(t_K − t_j) / (s_0 − min s)``, ``b`` the least-squares slope of ``s`` over the last
+    ``window_fraction`` of the run (steps ``t_j … t_K``): how much the smoothed train loss still changes
+    over that window, as a share of its total decrease (``nan`` if it never decreased). A trend, not
+    the window's range, so step-to-step noise of a mini-batch run does not read as progress. ``s``: the
+    loss on the even grid (multiples of ``every``, and the last step), rolling median of ``window``."""
     steps, loss = np.asarray(steps), np.asarray(loss, dtype=float)
     grid = (steps % every == 0) | (steps == steps[-1])
     t, s = steps[grid], smooth(loss[grid], window)
     drop = s[0] - s.min()
     if not drop > 0:
         return math.nan
-    tail = s[t >= (1 - p.window_fraction) * steps[-1]]
-    return float((tail.max() - tail.min()) / drop)
+    keep = t >= (1 - p.window_fraction) * steps[-1]
+    tt, tail = t[keep], s[keep]
+    if tt.size < 2:
+        return math.nan
+    slope = np.polyfit(tt.astype(float), tail, 1)[0]
+    return float(abs(slope) * (tt[-1] - tt[0]) / drop)
 
 
 def setback(steps: np.ndarray, loss: np.ndarray, burn_in_step: float) -> float:

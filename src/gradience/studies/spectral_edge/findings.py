@@ -7,7 +7,7 @@ reproduced"): seeds that fit, steps after the fit, the decay clock lr·λ·(step
 train-fit step ≥ ``min_grok_delay``), for the removal claim the clock up to the removal, steps after it
 and linear-probe headroom, for the claims that contrast grokked and memorised models a λ = 0 control
 that memorises, and for the classes both tasks. A claim made for both tasks is judged on each task's
-own runs and budgets (:func:`_per_task`). Controls: the removal arm against the same seeds with the
+own runs and its one budget set (:func:`_task_budgets`, :func:`gradience.reporting.judged_per_task`). Controls: the removal arm against the same seeds with the
 decay kept; the edge's depth response against a random direction's. No claim here computes the power
 of its test (the smallest effect its seeds could detect), so a comparison that fails with every budget
 met reads "inconclusive" (a negative needs stated power), not "not reproduced".
@@ -19,12 +19,17 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from gradience.reporting import Budget, claim_kind, finding, judge, judged, mean_spread
+from gradience.reporting import (
+    Budget,
+    judged,
+    judged_per_task,
+    mean_spread,
+)
 from gradience.studies.spectral_edge.analysis import Analysis, ReportParams
 from gradience.studies.spectral_edge.runs import TASKS, condition_name
 
 Row = dict[str, str]
-TaskResult = tuple[bool | None, str, list[Budget]]  # holds, measured text, budgets: one task's part of a claim
+TaskResult = tuple[bool | None, str]  # holds, measured text: one task's part of a claim
 TASK_LABEL = {"dyck": "Dyck-1", "scan": "SCAN"}
 
 
@@ -51,20 +56,27 @@ def _fitted(main: pd.DataFrame) -> pd.DataFrame:
 def _phase_budgets(main: pd.DataFrame, p: ReportParams, label: str) -> tuple[list[Budget], Budget, Budget]:
     """Seeds-and-steps budgets, the decay clock and the grokking delay of one task's main condition."""
     fitted = _fitted(main)
-    n = len(fitted)
-    seeds = [Budget(f"{label}: main-condition seeds that fit", n, p.min_seeds),
-             Budget(f"{label}: steps after the fit", float(fitted.post_steps.min()) if n else 0.0, p.min_post_steps)]
-    clock = Budget(f"{label}: lr·wd·steps after the fit", float(fitted.decay_clock_post.min()) if n else 0.0,
+    n, pre = len(fitted), f"{label}: " if label else ""
+    seeds = [Budget(f"{pre}main-condition seeds that fit", n, p.min_seeds),
+             Budget(f"{pre}steps after the fit", float(fitted.post_steps.min()) if n else 0.0, p.min_post_steps)]
+    clock = Budget(f"{pre}lr·wd·steps after the fit", float(fitted.decay_clock_post.min()) if n else 0.0,
                    p.min_decay_clock)
-    grok = Budget(f"{label}: grokking delay, test-fit ÷ train-fit step (fewest seeds)",
+    grok = Budget(f"{pre}grokking delay, test-fit ÷ train-fit step (fewest seeds)",
                   float(fitted.grok_delay.fillna(0).min()) if n else 0.0, p.min_grok_delay)
     return seeds, clock, grok
 
 
-def _phase(a: Analysis, p: ReportParams, task: str) -> list[Budget]:
-    """The budgets of a claim about the phases, for one task."""
-    seeds, clock, grok = _phase_budgets(_main(a, task), p, TASK_LABEL[task])
+def _phase(a: Analysis, p: ReportParams, task: str, label: str | None = None) -> list[Budget]:
+    """The budgets of one task: its main condition's fitted seeds, steps and clock after the fit, and the
+    grokking delay (budget names prefixed with the task's label unless ``label=""``)."""
+    seeds, clock, grok = _phase_budgets(_main(a, task), p, TASK_LABEL[task] if label is None else label)
     return [*seeds, clock, grok]
+
+
+def _task_budgets(a: Analysis, p: ReportParams) -> dict[str, list[Budget]]:
+    """The one budget set of each task run, keyed by its label: every per-task row is judged on it, so the
+    same missing headroom gets the same label on every row."""
+    return {TASK_LABEL[t]: _phase(a, p, t, label="") for t in _tasks(a)}
 
 
 def _dyck(a: Analysis, p: ReportParams) -> tuple[pd.DataFrame, list[Budget], Budget, Budget]:
@@ -75,22 +87,6 @@ def _dyck(a: Analysis, p: ReportParams) -> tuple[pd.DataFrame, list[Budget], Bud
     return (dm, *_phase_budgets(dm, p, TASK_LABEL["dyck"]))
 
 
-def _per_task(claim_id: str, results: dict[str, TaskResult], why: str) -> Row:
-    """One Findings row for a claim made for every task: each task judged on its own runs and budgets (the
-    claim's kind, :func:`judge`); the row is "not reproduced" when any task is, "reproduced" when every task
-    is, else "not comparable" when a task is short of budget, else "inconclusive" (a task with nothing to
-    judge, or a comparison's negative without the power to see the claimed effect, beside tasks that
-    reproduce it: no budget is short, so "not comparable" would misname it). The measured text gives each
-    task's verdict."""
-    verdicts = {t: judge(h, b, claim_kind(claim_id)) for t, (h, _, b) in results.items()}
-    got = {v for v, _ in verdicts.values()}
-    verdict = ("not reproduced" if "not reproduced" in got else "reproduced" if got == {"reproduced"}
-               else "not comparable" if "not comparable" in got else "inconclusive")
-    measured = "; ".join(f"{TASK_LABEL[t]}: {text} ({verdicts[t][0]})" for t, (_, text, _) in results.items())
-    budgets = "; ".join(verdicts[t][1] for t in results if verdicts[t][1])  # budget names carry the task
-    return finding(claim_id, measured, verdict, "; ".join(x for x in (why, budgets) if x))
-
-
 def two_phases(a: Analysis, p: ReportParams) -> list[Row]:
     """Before grokking the spectral edge is gradient-driven; at grokking gradient and weight decay align along it."""
 
@@ -99,9 +95,9 @@ def two_phases(a: Analysis, p: ReportParams) -> list[Row]:
         switch = (f.grad_energy_pre > p.gradient_driven) & (f.grad_energy_post < p.gradient_driven)
         return (bool(switch.mean() > 0.5) if len(f) else None,
                 f"gradient share of the edge's energy before fit {_fmt(f.grad_energy_pre)}, late after fit "
-                f"{_fmt(f.grad_energy_post)}, {int(switch.sum())}/{len(f)} seeds switch", _phase(a, p, t))
-    return [_per_task("spectral_edge.two_phases", {t: one(t) for t in _tasks(a)},
-                      f"holds when, in each task, most fitted seeds are > {p.gradient_driven} before and < after")]
+                f"{_fmt(f.grad_energy_post)}, {int(switch.sum())}/{len(f)} seeds switch")
+    return [judged_per_task("spectral_edge.two_phases", {TASK_LABEL[t]: one(t) for t in _tasks(a)}, _task_budgets(a, p),
+                            f"holds when, in each task, most fitted seeds are > {p.gradient_driven} before and < after")]
 
 
 def edge_dominance(a: Analysis, p: ReportParams) -> list[Row]:
@@ -109,10 +105,9 @@ def edge_dominance(a: Analysis, p: ReportParams) -> list[Row]:
 
     def one(t: str) -> TaskResult:
         m = _main(a, t)
-        return (bool(m.gap_median.median() >= p.gap_min) if len(m) else None, f"median σ1/σ2 {_fmt(m.gap_median)}",
-                _phase(a, p, t)[:1])
-    return [_per_task("spectral_edge.edge_dominance", {t: one(t) for t in _tasks(a)},
-                      f"holds when the median over seeds is ≥ {p.gap_min} in each task")]
+        return (bool(m.gap_median.median() >= p.gap_min) if len(m) else None, f"median σ1/σ2 {_fmt(m.gap_median)}")
+    return [judged_per_task("spectral_edge.edge_dominance", {TASK_LABEL[t]: one(t) for t in _tasks(a)}, _task_budgets(a, p),
+                            f"holds when the median over seeds is ≥ {p.gap_min} in each task")]
 
 
 def perturbation_flat(a: Analysis, p: ReportParams) -> list[Row]:
@@ -123,9 +118,9 @@ def perturbation_flat(a: Analysis, p: ReportParams) -> list[Row]:
         big = pert[pert.eps.abs() == pert.eps.abs().max()]
         e, r = big[big.direction == "edge"].dloss.abs().mean(), big[big.direction != "edge"].dloss.abs().mean()
         return (bool(e <= r) if len(big) else None,
-                f"|ΔL| at ‖δθ‖={big.eps.abs().max():g}: edge {e:.3g}, random {r:.3g}", _phase(a, p, t))
-    return [_per_task("spectral_edge.perturbation_flat", {t: one(t) for t in _tasks(a)},
-                      "holds when the edge's |ΔL| ≤ the random mean in each task")]
+                f"|ΔL| at ‖δθ‖={big.eps.abs().max():g}: edge {e:.3g}, random {r:.3g}")
+    return [judged_per_task("spectral_edge.perturbation_flat", {TASK_LABEL[t]: one(t) for t in _tasks(a)}, _task_budgets(a, p),
+                            "holds when the edge's |ΔL| ≤ the random mean in each task")]
 
 
 def ablation_critical(a: Analysis, p: ReportParams) -> list[Row]:
@@ -134,9 +129,9 @@ def ablation_critical(a: Analysis, p: ReportParams) -> list[Row]:
     def one(t: str) -> TaskResult:
         m = _main(a, t)
         return (bool(m.ablation_loss_ratio.median() > p.ablation_min) if len(m) else None,
-                f"ablation loss ratio edge/random {_fmt(m.ablation_loss_ratio, 0)}", _phase(a, p, t)[:1])
-    return [_per_task("spectral_edge.ablation_critical", {t: one(t) for t in _tasks(a)},
-                      f"holds when the median ratio > {p.ablation_min:g} in each task")]
+                f"ablation loss ratio edge/random {_fmt(m.ablation_loss_ratio, 0)}")
+    return [judged_per_task("spectral_edge.ablation_critical", {TASK_LABEL[t]: one(t) for t in _tasks(a)}, _task_budgets(a, p),
+                            f"holds when the median ratio > {p.ablation_min:g} in each task")]
 
 
 def probes_reencoded(a: Analysis, p: ReportParams) -> list[Row]:
