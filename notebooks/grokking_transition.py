@@ -30,7 +30,7 @@
 # the **power**: how often the same test, on simulated ensembles of the same size and noise (AR(1)
 # at the measured residual autocorrelation), detects a critical slowing down of stated size. The
 # **level** of tr Σ is compared between grokking and reference runs at the same steps, and its
-# direction before t* tested, with the analytic power of that t test. The per-run analyses of
+# direction before t* tested, with the analytic power of that t test and the rise the runs leave possible. The per-run analyses of
 # earlier versions (residual statistics of each run against surrogates) are kept below as a
 # descriptive view on the first seeds; they are not verdicts. Definitions, free choices and the
 # verdict rule: `gradience.studies.grokking_transition` (`runs`, `ensemble`, `analysis`, `findings`).
@@ -128,8 +128,10 @@ if len(epw):
         ax.axhline(PW.target, ls="--", c="grey", lw=1)
         claimed = epw[(epw.test == test) & epw.claimed]
         ax.scatter(claimed.effect, claimed.power, marker="*", s=120, c="k", zorder=3)
-        ax.set(xlabel="slowing s (AR coefficient: share of the way to 1)", ylim=(0, 1))
-    g.figure.suptitle("Power of each ensemble test against a slowing of known size", y=1.04)
+        ax.set(xlabel="slowing s", ylim=(0, 1))
+    g.set_titles("{col_name}")
+    g.figure.suptitle("Power of each ensemble test against a slowing s of known size (s: the share of its "
+                      "distance to 1 the AR(1) coefficient covers by t*)", y=1.06)
     plots.save(g.figure, out_dir, "ensemble_power")
 
 # %% [markdown]
@@ -252,7 +254,9 @@ if len(done):
     for ax in g.axes.flat:
         ax.axvline(0, c="grey", lw=0.8)
     g.set_axis_labels("Kendall τ", "")
-    g.figure.suptitle("Trend of each early-warning indicator (and of the tr Σ level) before the transition", y=1.02)
+    g.set_titles("{col_name}")
+    g.figure.suptitle("Single-run tests (descriptive): trend of each indicator, and of the tr Σ level, before the "
+                      "transition", y=1.02)
     plots.save(g.figure, out_dir, "kendall_tau")
 
 # %% [markdown]
@@ -295,8 +299,10 @@ if len(pwr):
         if ht.TESTS[test][1] == ews.LEVEL:
             ax.set(xscale="log", xlabel="tr Σ rise factor by t*")
         else:
-            ax.set(xlabel="slowing s (AR coefficient: fraction of the way to 1)")
-    g.figure.suptitle("Power of each test against an effect of known size", y=1.04)
+            ax.set(xlabel="slowing s")
+    g.set_titles("{col_name}")
+    g.figure.suptitle("Single-run tests (descriptive): power against an effect of known size (s: the share of "
+                      "its distance to 1 the AR(1) coefficient covers by t*)", y=1.06)
     plots.save(g.figure, out_dir, "power")
 display(results.power_summary.round(3))
 
@@ -326,7 +332,10 @@ results.signals.round(3)
 #   with both in the reason. Low power does not block a precursor the runs show.
 # - **tr Σ.** The reference runs memorise and their training loss goes to 0, so their tr Σ collapses;
 #   the claim is tested on the grokking runs' own direction before t*, the comparison with the
-#   references at the same steps is reported beside it.
+#   references at the same steps is reported beside it. Its negative is decisive when the runs
+#   exclude the claimed rise: the one-sided upper confidence bound of the rise (the largest rise the
+#   runs leave possible) is below the claimed factor; the rise the test would see before the data,
+#   at power `power.target`, is stated beside it.
 # - **Retrospective.** Alignment uses each run's t*, known after the fact: a "supported" verdict is a
 #   precursor in hindsight, not a forecast.
 

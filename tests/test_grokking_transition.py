@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from gradience.config import ParamsError
 from gradience.profiles import profile_params
@@ -275,19 +276,20 @@ def test_findings_give_a_negative_only_with_power_and_pairs(p_value, tau, at_cla
                                    "reproduced" if mde <= 0.5 else "inconclusive"), rows[-1]
 
 
-@pytest.mark.parametrize(("p_rise", "detectable", "expected"), [
-    (0.99, 1.5, "not reproduced"),  # it falls, and a rise by 1.5 (< the claimed 2) was detectable
-    (0.99, 3.0, "inconclusive"),  # too noisy to have seen a doubling
+@pytest.mark.parametrize(("p_rise", "upper", "expected"), [
+    (0.99, 0.9, "not reproduced"),  # it falls, and the runs exclude any rise above ×0.9 (< the claimed 2)
+    (0.6, 3.0, "inconclusive"),  # no rise seen, but too noisy to exclude a doubling
     (0.01, 3.0, "reproduced"),
 ])
-def test_noise_level_row_states_direction_and_power(p_rise, detectable, expected):
+def test_noise_level_row_states_direction_and_power(p_rise, upper, expected):
     level = {"tested": "add_wd0.3", "metric": "grad_noise_trace", "n_pairs": 30, "level": 0.5, "p_level_higher": 0.001,
              "p_level_lower": 0.999, "change": 0.3, "p_rise": 0.01, "p_fall": 0.99, "own_change": -0.4,
-             "own_change_sd": 0.2, "p_own_rise": p_rise, "p_own_fall": 1 - p_rise, "detectable": math.log10(detectable)}
+             "own_change_sd": 0.2, "p_own_rise": p_rise, "p_own_fall": 1 - p_rise, "detectable": math.log10(1.5),
+             "own_upper": math.log10(upper)}
     row = gt_findings.gradient_noise_level(_ens_analysis(level=level), gt.ReportParams())[0]
     assert row["verdict"] == expected, row
     assert "grokking runs falls ×0.398" in row["measured"] and "×3.16 the references'" in row["measured"]
-    assert f"at power ≥ 0.8) {detectable:,.3g} vs claimed 2" in row["why"], row["why"]
+    assert f"the test sees ×1.5 at power ≥ 0.8) {upper:,.3g} vs claimed 2" in row["why"], row["why"]
 
 
 def test_findings_without_ensemble_pairs_say_so():
@@ -318,7 +320,6 @@ def test_ensemble_indicators_recover_a_known_ar1():
     # detrending is the linear map of signals.detrend
     x = np.random.default_rng(1).normal(size=30)
     np.testing.assert_allclose(ens.smoother(30, "gaussian", 0.2) @ x, signals.detrend(x, "gaussian", 0.2))
-    from scipy import stats
     v = np.random.default_rng(2).normal(size=(4, 25))
     v[0, 5] = np.nan
     expected = [stats.kendalltau(np.arange(25)[np.isfinite(r)], r[np.isfinite(r)])[0] for r in v]
@@ -347,7 +348,6 @@ def test_ensemble_power_has_size_alpha_without_slowing_and_grows_with_it():
 def test_detectable_shift_is_the_t_tests_power_on_a_known_normal_case():
     """Known answer: n draws of N(δ, 1) with δ = detectable_shift(1, n): a one-sided t test at 0.05
     rejects in 80% of samples."""
-    from scipy import stats
 
     n, rng = 24, np.random.default_rng(0)
     d = ens.detectable_shift(1.0, n, 0.05, 0.8)
@@ -373,6 +373,9 @@ def test_level_contrast_on_a_known_fall():
     assert out["p_level_lower"] < 1e-6
     sd = np.std(X[:, -q:].mean(axis=1) - X[:, :q].mean(axis=1), ddof=1)
     assert out["detectable"] == pytest.approx(ens.detectable_shift(sd, 30, 0.05, 0.8))
+    own = X[:, -q:].mean(axis=1) - X[:, :q].mean(axis=1)
+    assert out["own_upper"] == pytest.approx(own.mean() + stats.t.ppf(0.95, 29) * sd / np.sqrt(30))
+    assert out["own_upper"] < 0  # the fall excludes any rise at all
 
 
 def test_pairs_align_on_each_transition_at_the_same_steps():

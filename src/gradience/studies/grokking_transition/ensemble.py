@@ -246,7 +246,9 @@ def level_contrast(X: np.ndarray, Y: np.ndarray, fraction: float, alpha: float, 
     one-sample t tests both ways; ``own_change``: the mean of X over the last ``fraction`` of the
     window minus the first (the tested runs' direction; > 0: rises), tested both ways;
     ``change``: the same on l (relative to the reference); ``detectable``: the smallest rise
-    (log10) the one-sided test of ``own_change`` sees with power ``target``, from the pairs' sd."""
+    (log10) the one-sided test of ``own_change`` sees with power ``target``, from the pairs' sd;
+    ``own_upper``: the one-sided (1 − α) upper confidence bound of ``own_change``, the largest rise
+    the runs leave possible (a claimed rise above it is excluded by the data)."""
     n, k = X.shape
     if n < 2:
         return {"n_pairs": int(n), "detectable": math.inf}
@@ -264,6 +266,7 @@ def level_contrast(X: np.ndarray, Y: np.ndarray, fraction: float, alpha: float, 
             "change": float(change.mean()), "p_rise": t(change, "greater"), "p_fall": t(change, "less"),
             "own_change": float(own.mean()), "own_change_sd": float(own.std(ddof=1)),
             "p_own_rise": t(own, "greater"), "p_own_fall": t(own, "less"),
+            "own_upper": float(own.mean() + stats.t.ppf(1 - alpha, n - 1) * own.std(ddof=1) / math.sqrt(n)),
             "detectable": detectable_shift(float(own.std(ddof=1)), n, alpha, target)}
 
 

@@ -101,10 +101,13 @@ def gradient_noise_level(a: Analysis, p: ReportParams) -> list[Row]:
     rows = []
     for r in a.ensemble_level.to_dict("records"):
         n = r.get("n_pairs", 0)
-        detect = r.get("detectable", math.inf)
-        power = Power(f"rise of tr Σ over the window before t* (factor, one-sided t test over pairs at power ≥ "
-                      f"{p.power.target:g})",
-                      10 ** detect if np.isfinite(detect) else math.inf, p.power.claimed_rise)
+        detect, upper = r.get("detectable", math.inf), r.get("own_upper", math.inf)
+        # A negative is decisive when the runs exclude the claimed rise: the upper (1 − α) confidence bound
+        # of the rise is below it. Before the data, the test sees a rise of ×10^detect with power ≥ target.
+        power = Power(f"rise of tr Σ over the window before t* the runs leave possible (factor, one-sided upper "
+                      f"{1 - p.ensemble.alpha:.0%} confidence bound over pairs; before the data the test sees "
+                      f"×{10 ** detect:.3g} at power ≥ {p.power.target:g})",
+                      10 ** upper if np.isfinite(upper) else math.inf, p.power.claimed_rise)
         if n >= 2:
             direction = "falls" if r["own_change"] < 0 else "rises"
             measured = (f"{r['tested']}: {n} pairs; over the window before t* tr Σ of the grokking runs {direction} "
