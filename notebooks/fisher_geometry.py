@@ -120,7 +120,7 @@ if len(tracked):
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     sns.lineplot(data=tracked, x="step", y="lambda_max", hue="regime", units="seed", estimator=None, ax=axes[0], lw=1)
     axes[0].set(title="λ_max(H)", yscale="log")
-    sns.lineplot(data=tracked, x="step", y="edge_ratio", hue="regime", units="seed", estimator=None, ax=axes[1], lw=1)
+    sns.lineplot(data=tracked, x="step", y="sharpness_over_edge", hue="regime", units="seed", estimator=None, ax=axes[1], lw=1)
     axes[1].axhline(1.0, ls="--", c="grey", lw=1)
     axes[1].set(title="η·λ_max/2", yscale="log")
     fig.tight_layout()

@@ -85,7 +85,7 @@ def test_sharpness_tracker_caps_eta_below_the_edge():
     loss_fn, theta = curvature.make_loss_fn(model, (split.x_train, split.y_train))
     H = torch.autograd.functional.hessian(loss_fn, theta.detach())
     lam = float(torch.linalg.eigvalsh(H).max())
-    assert got["lambda_max"] == pytest.approx(lam, rel=1e-3) and got["edge_ratio"] == pytest.approx(0.5 * lam / 2, rel=1e-3)
+    assert got["lambda_max"] == pytest.approx(lam, rel=1e-3) and got["sharpness_over_edge"] == pytest.approx(0.5 * lam / 2, rel=1e-3)
     assert t.lam == got["lambda_max"] and t.schedule(999) == pytest.approx(0.8 * 2 / lam / 10.0)  # base η 10
     assert fg_runs.SharpnessTracker(10.0, lambda s: 1.0, edge_cap=0.0, tol=1e-3).schedule(5) == 1.0  # no cap
 
@@ -289,7 +289,7 @@ def test_smoke_study_end_to_end(smoke, data_dir, tmp_path):
     assert t.params == smoke.runs and set(t.frames) == {"telemetry", "spectra", "vectors"}
     a = fg.analyse(t, smoke.report)
     assert set(a.summary.regime) == {"fast_stable", "unstable"}
-    assert {"lambda_max", "edge_ratio"} <= set(a.series.columns)
+    assert {"lambda_max", "sharpness_over_edge"} <= set(a.series.columns)
     for _, r in a.series[a.series.regime == "fast_stable"].dropna(subset=["lambda_max", "lr"]).groupby("run"):
         # η of each measured update ≤ cap · 2/λ_max of the previous measurement (the cap lags one cadence step)
         cap = smoke.runs.regimes[0].edge_cap * 2 / r.lambda_max.to_numpy()[:-1]

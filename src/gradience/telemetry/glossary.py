@@ -44,7 +44,7 @@ GLOSSARY: dict[str, str] = {
     "sharpness_over_edge": "λ_max·η/2: ≥ 1 means at or past the edge of stability (GD)",
     "hessian_n_hvp": "Hessian-vector products spent on the measurement (Lanczos + Hutchinson)",
     "hessian_failed": "1 when Lanczos could not run (non-finite HVPs of a blown-up model); values are nan",
-    "lambda_max": "λ_max tracked every cadence step: Lanczos warm-started from the previous step's top eigenvector, stopped at ‖Hv − λv‖ ≤ track_tol·λ",
+    "lambda_max": "λ_max tracked every cadence step: Lanczos warm-started from the previous step's top eigenvector, stopped at ‖Hv − λv‖ ≤ tol·λ (hessian.track_tol; fisher_geometry: sharpness_tol)",
     "lambda_max_residual": "‖Hv − λv‖ of the tracked top eigenpair (bounds its eigenvalue error, Bauer–Fike)",
     "lambda_max_n_hvp": "Hessian-vector products the tracked λ_max cost at that step",
     "lambda_max_failed": "1 when the tracked λ_max could not be computed (non-finite HVPs); value nan",

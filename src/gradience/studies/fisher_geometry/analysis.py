@@ -405,7 +405,7 @@ def metrics(a: Analysis, p: ReportParams) -> dict:
     for name, g in a.summary.groupby("regime", sort=False):
         c = a.coupling[a.coupling.regime == name]
         out[str(name)] = {
-            "lambda_edge_ratio_max": float(a.series[a.series.run.isin(g.run)].get("edge_ratio", pd.Series(dtype=float)).max()),
+            "sharpness_over_edge_max": float(a.series[a.series.run.isin(g.run)].get("sharpness_over_edge", pd.Series(dtype=float)).max()),
             "diverged_runs": float(g.outcome.isin(DIVERGED_OUTCOMES).sum()),
             "diverged_at_median": float(g.diverged_at.median()),
             "matched_step_median": float(g.matched_step.median()),

@@ -87,7 +87,7 @@ def regimes_differ(a: Analysis, p: ReportParams) -> list[Row]:
     steps = float(a.runs.steps) if a.runs is not None else math.nan
     per = "; ".join(f"{name}: {int(g.outcome.isin(DIVERGED_OUTCOMES).sum())}/{len(g)} diverged"
                     for name, g in stable.groupby("regime", sort=False))
-    edge = a.series.groupby("regime").edge_ratio.max() if "edge_ratio" in a.series else pd.Series(dtype=float)
+    edge = a.series.groupby("regime").sharpness_over_edge.max() if "sharpness_over_edge" in a.series else pd.Series(dtype=float)
     per += "".join(f"; max η·λ_max/2 in {name}: {v:.2f}" for name, v in edge.dropna().items())
     return [judged("fisher_geometry.regimes_differ",
                    f"unstable: {int(div.sum())}/{len(unstable)} diverged (step {mean_spread(unstable.diverged_at)}); {per}",

@@ -16,9 +16,9 @@ Free choices of this module, and the measurement behind each:
   (warm-started Lanczos, :func:`curvature.lanczos_top_eigenpair`; between two measurements the cap
   holds). So "stable vs unstable" compares runs with the same η schedule up to the edge, not a small
   η against a large one. ``edge_cap`` 0.8 leaves 20 % for sharpening between cadence steps; the
-  tracked ``edge_ratio`` = η·λ_max/2 shows whether a run stayed below 1.
+  tracked ``sharpness_over_edge`` = η·λ_max/2 shows whether a run stayed below 1.
 - **λ_max tracking** (``track_sharpness``, forced on by ``edge_cap``): logged as ``lambda_max``,
-  ``edge_ratio``, ``lambda_hvp`` (HVPs spent); the tolerance ``sharpness_tol`` is relative.
+  ``sharpness_over_edge``, ``lambda_max_n_hvp`` (HVPs spent); the tolerance ``sharpness_tol`` is relative.
 - **Vectors for the cross-seed null** (``fisher.vector_losses``): at the first cadence step whose
   full-batch training loss is ≤ each level, the ``vector_kind`` Fisher's top ``vector_k``
   eigenvectors (scaled by √λ, so Σ rows' squares is the top-k part of tr F) and every weight matrix,
@@ -211,7 +211,7 @@ def fisher_probe(f: FisherProbeParams, run: str = "", vectors: list[dict] | None
 
 class SharpnessTracker:
     """λ_max of the training-set Hessian at every cadence step (warm-started Lanczos, relative
-    tolerance ``tol``), logged as ``lambda_max``, ``edge_ratio`` = η·λ_max/2, ``lambda_hvp``; with
+    tolerance ``tol``), logged as ``lambda_max``, ``sharpness_over_edge`` = η·λ_max/2, ``lambda_max_n_hvp``; with
     ``edge_cap`` > 0 it is also the learning-rate schedule that caps η at edge_cap·2/λ̂, λ̂ the last
     λ_max times its growth over the last cadence interval (clipped to [1, 2]): progressive sharpening
     raises λ_max by up to ~60 % per interval early on (pilot), which an unextrapolated cap lets past
@@ -229,8 +229,8 @@ class SharpnessTracker:
                                                                       dtype=theta.dtype).to(theta.device)
         pair = curvature.lanczos_top_eigenpair(curvature.hvp_fn(loss_fn, theta), v0, tol=self.tol)
         self.prev, self.lam, self.vector = self.lam, pair.value, pair.vector.detach()
-        return [(MODEL_SCOPE, "lambda_max", pair.value), (MODEL_SCOPE, "edge_ratio", ctx.lr * pair.value / 2.0),
-                (MODEL_SCOPE, "lambda_hvp", float(pair.n_hvp))]
+        return [(MODEL_SCOPE, "lambda_max", pair.value), (MODEL_SCOPE, "sharpness_over_edge", ctx.lr * pair.value / 2.0),
+                (MODEL_SCOPE, "lambda_max_n_hvp", float(pair.n_hvp))]
 
     def schedule(self, step: int) -> float:
         """The multiplier of the base η of update ``step + 1``: 1, or the cap over the base η."""
