@@ -48,4 +48,4 @@ def test_train_quiet_prints_no_progress_bar(tmp_path, data_dir, monkeypatch, cap
     out, err = capfd.readouterr()
     assert out.strip() == "reports/grokking/tables" and "grokking runs" not in err and "it/s" not in err
     assert cli.main(["train", "grokking", "--params", str(path)]) == 0
-    assert "grokking runs" in capfd.readouterr().err
+    assert "grokking: 4 of 4 runs resumed" in capfd.readouterr().err  # progress: here, the finished runs it kept

@@ -20,7 +20,7 @@ def test_ci_runs_exactly_the_readme_test_command():
     readme = Path(REPO, "README.md").read_text()
     assert "make test" in readme
     ci = [line for line in Path(REPO, ".ci/run").read_text().splitlines() if line and not line.startswith(("#", "set", "cd"))]
-    assert ci == ["make test"]
+    assert ci == ["make lint", "make test"]
 
 
 def test_glossary_patterns_cover_numbered_and_prefixed_names():

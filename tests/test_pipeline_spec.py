@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from gradience import pipeline
+from gradience import closure, pipeline
 from gradience.studies.grid import runs_module
 from gradience.studies.registry import STAGES
 
@@ -107,7 +107,7 @@ def test_a_base_model_is_prepared_once_by_its_own_stage_and_feeds_the_runs():
             assert f"reports/weights/{name}" in spec[f"{stage}_runs"]["deps"]
             module = pipeline.BASE_MODEL_STAGES[name]
             assert prep["cmd"].startswith(f"python -m {module} {name} ")
-            assert str(pipeline.module_path(module).relative_to(REPO)) in prep["deps"]
+            assert str(closure.module_path(module).relative_to(REPO)) in prep["deps"]
 
 
 def test_an_unknown_base_model_is_named(monkeypatch):
@@ -123,7 +123,7 @@ def _loaded_modules(code: str) -> set[str]:
 
 
 def _files(modules: set[str]) -> set[str]:
-    return {str(pipeline.module_path(m).relative_to(REPO)) for m in modules if pipeline.module_path(m)}
+    return {str(closure.module_path(m).relative_to(REPO)) for m in modules if closure.module_path(m)}
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -149,8 +149,8 @@ def test_closure_follows_relative_imports_and_function_level_imports(tmp_path, m
     (pkg / "sub" / "b.py").write_text("from ..d import x\n")
     for name in ("c", "d", "unused"):
         (pkg / f"{name}.py").write_text("")
-    monkeypatch.setattr(pipeline, "PACKAGE", pkg)
-    found = {p.relative_to(pkg).as_posix() for p in pipeline.closure(["gradience.sub.a"])}
+    monkeypatch.setattr(closure, "PACKAGE", pkg)
+    found = {p.relative_to(pkg).as_posix() for p in closure.closure(["gradience.sub.a"])}
     assert found == {"__init__.py", "sub/__init__.py", "sub/a.py", "sub/b.py", "c.py", "d.py"}
 
 

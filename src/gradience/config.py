@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 PARAMS_FILE = "params.yaml"
 Profile = Literal["default", "smoke", "paper"]
@@ -24,10 +24,35 @@ class ParamsError(ValueError):
     """Invalid parameters; the message lists every problem found."""
 
 
-class Section(BaseModel):
-    """A strict block of params: unknown keys are errors."""
+#: The largest integer any key takes. No count, size or seed of these studies comes near it, so a
+#: bigger one is a typo (``steps: 1e12``) that would otherwise run for ever or fail deep inside.
+MAX_INT = 2**31 - 1
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class Section(BaseModel):
+    """A strict block of params: unknown keys are errors, floats must be finite (a field that means
+    "no limit" with ``inf`` says so with ``Field(allow_inf_nan=True)``) and integers at most :data:`MAX_INT`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_absurd_integers(cls, value: Any, info: ValidationInfo) -> Any:
+        for n in _integers(value):
+            if abs(n) > MAX_INT:
+                raise ValueError(f"{n} is out of range: integers here are at most {MAX_INT} in size")
+        return value
+
+
+def _integers(value: Any) -> list[int]:
+    """The integers in a validated value, looking inside lists and tuples (not nested sections)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [n for v in value for n in _integers(v)]
+    return []
 
 
 def read_params_file(path: str | Path = PARAMS_FILE) -> dict[str, Any]:

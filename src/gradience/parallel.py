@@ -46,8 +46,11 @@ def single_threaded(fn: Callable[[J], R], job: J) -> R:
 
 def map_runs(fn: Callable[[J], R], jobs: Sequence[J], workers: int = 1, desc: str = "runs",
              executor: str = "local", cpus_per_run: float = 1, gpus_per_run: float = 0,
-             progress: bool = True) -> list[R]:
+             progress: bool = True, on_result: Callable[[int, R], None] | None = None) -> list[R]:
     """``[fn(job) for job in jobs]``, in order, with a progress bar.
+
+    ``on_result(i, result)`` is called here, in this process, as each job ``i`` finishes (in the
+    order they finish), e.g. to keep finished runs before the last one is done.
 
     ``executor="local"``: over ``workers`` local processes (in this process when ``workers <= 1``).
     ``executor="ray"`` or ``"ray://host:port"``: one Ray task per job, each asking for
@@ -59,28 +62,32 @@ def map_runs(fn: Callable[[J], R], jobs: Sequence[J], workers: int = 1, desc: st
     """
     check_executor(executor)
     bar = progress_bar(total=len(jobs), desc=desc, enabled=progress)
+    out: list[Any] = [None] * len(jobs)
+
+    def done(i: int, result: R) -> None:
+        out[i] = result
+        if on_result is not None:
+            on_result(i, result)
+        bar.update(1)
+
     try:
         if executor != "local":
-            return _map_ray(fn, jobs, executor, cpus_per_run, gpus_per_run, bar)
-        if workers <= 1 or len(jobs) <= 1:
-            results = []
-            for job in jobs:
-                results.append(single_threaded(fn, job))
-                bar.update(1)
-            return results
-        out: list[Any] = [None] * len(jobs)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(single_threaded, fn, job): i for i, job in enumerate(jobs)}
-            for future in as_completed(futures):
-                out[futures[future]] = future.result()
-                bar.update(1)
+            _map_ray(fn, jobs, executor, cpus_per_run, gpus_per_run, done)
+        elif workers <= 1 or len(jobs) <= 1:
+            for i, job in enumerate(jobs):
+                done(i, single_threaded(fn, job))
+        else:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+                futures = {pool.submit(single_threaded, fn, job): i for i, job in enumerate(jobs)}
+                for future in as_completed(futures):
+                    done(futures[future], future.result())
         return out
     finally:
         bar.close()
 
 
 def _map_ray(fn: Callable[[J], R], jobs: Sequence[J], executor: str, cpus: float, gpus: float,
-             bar: Any) -> list[R]:
+             done: Callable[[int, R], None]) -> None:
     try:
         import ray
     except ImportError:
@@ -92,14 +99,11 @@ def _map_ray(fn: Callable[[J], R], jobs: Sequence[J], executor: str, cpus: float
         task = ray.remote(num_cpus=cpus, num_gpus=gpus)(single_threaded)
         refs = [task.remote(fn, job) for job in jobs]
         index = {ref: i for i, ref in enumerate(refs)}
-        out: list[Any] = [None] * len(jobs)
         pending = list(refs)
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                out[index[ref]] = ray.get(ref)  # raises the run's own error, as the local path does
-                bar.update(1)
-        return out
+            finished, pending = ray.wait(pending, num_returns=1)
+            for ref in finished:
+                done(index[ref], ray.get(ref))  # raises the run's own error, as the local path does
     finally:
         if started:
             ray.shutdown()

@@ -2,10 +2,10 @@
 
 The stage's ``report`` section is validated first (a bad value stops here, before any work), and
 the training stage's tables must exist. The notebook (jupytext percent ``.py``) receives three
-parameters: ``stage``, ``report`` (its section, defaults filled in) and ``out_dir``. The report's
-own outputs (:data:`REPORT_OUTPUTS`) are cleared first; if execution fails they are removed again
-and the partly executed notebook is kept in ``.gradience/failed/<stage>.ipynb``, so nothing
-half-written stays in ``reports/``. The training tables are never touched here.
+parameters: ``stage``, ``report`` (its section, defaults filled in) and ``out_dir``. It writes into
+a staging folder, and its report replaces the previous one in ``reports/<stage>/`` only once it has
+finished (:func:`execute`), so a failure of any kind, a kill included, leaves ``reports/`` as it was.
+The training tables are checked (present, readable) first and are never touched here.
 
 ``python -m gradience.runner <study>`` is the report stage's DVC command. Progress bars inside
 the executed notebook are off (``GRADIENCE_PROGRESS=0``): the notebook is read, not watched.
@@ -25,11 +25,12 @@ import papermill
 
 from gradience.config import PARAMS_FILE, ParamsError, stage_arguments
 from gradience.progress import quiet
-from gradience.studies.notebook import load_params
+from gradience.studies.notebook import check_tables, load_params
 from gradience.studies.protocol import TABLES_DIR
 
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 FAILED_DIR = Path(".gradience/failed")
+STAGING_DIR = Path(".gradience/staging")
 REQUIRED_OUTPUTS = ("metrics.json",)
 REPORT_OUTPUTS = ("{stage}.ipynb", "figures", "plots", "metrics.json", "findings.json")
 
@@ -72,51 +73,85 @@ def run_report(
     if not (out / TABLES_DIR).is_dir():
         raise FileNotFoundError(f"no tables in {out / TABLES_DIR}/: run `dvc repro {stage}_runs` "
                                 f"(or `gradience train {stage}`) first")
+    check_tables(stage, out / TABLES_DIR)  # a truncated table stops here, before the old report is moved
     parameters = {"stage": stage, "report": params.report.model_dump(mode="json"), "out_dir": str(out)}
     return execute(stage, script, out, parameters, report_outputs(stage, reports), progress)
 
 
 def execute(stage: str, script: Path, out: Path, parameters: dict, outputs: list[Path], progress: bool = True) -> Path:
-    """papermill ``script`` into ``out/<stage>.ipynb`` with ``parameters``: ``outputs`` are cleared first,
-    and removed again if the notebook fails (kept in ``.gradience/failed/``) or writes no ``metrics.json``."""
-    _clear(outputs)
-    (out / "figures").mkdir(parents=True)
-    executed = out / f"{stage}.ipynb"
+    """papermill ``script`` with ``parameters``, then move its report into ``out``; the executed notebook's path.
+
+    The notebook writes into ``.gradience/staging/<stage>/`` (its ``out_dir``; the executed notebook
+    records ``parameters["out_dir"]``), and only once it has finished and written ``metrics.json`` is
+    each of ``outputs`` replaced by its new version, one rename each. An error in a cell, a full disk
+    or a kill (SIGKILL included) therefore leaves ``reports/`` as it was; the partly executed notebook
+    is kept in ``.gradience/failed/<stage>.ipynb``.
+    """
+    staging = STAGING_DIR / stage
+    _clear([staging])
+    executed = staging / f"{stage}.ipynb"
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / f"{stage}.ipynb"
-        nbformat.write(notebook_from_script(script), source)
         try:
+            (staging / "figures").mkdir(parents=True)
+            nbformat.write(notebook_from_script(script), source)
             with quiet():  # the kernel inherits it: no bars in the executed notebook
                 papermill.execute_notebook(
                     str(source), str(executed), kernel_name=KERNELSPEC["name"], progress_bar=progress,
-                    log_output=progress, cwd=str(Path.cwd()), parameters=parameters,
+                    log_output=progress, cwd=str(Path.cwd()), parameters=parameters | {"out_dir": str(staging)},
                 )
-            _name_the_source(executed, script)
-            missing = [name for name in REQUIRED_OUTPUTS if not (out / name).exists()]
+            _record_the_run(executed, script, str(staging), str(parameters.get("out_dir", out)))
+            missing = [name for name in REQUIRED_OUTPUTS if not (staging / name).exists()]
             if missing:
                 raise StageFailed(f"stage {stage!r} finished without writing {missing}")
+            _replace(outputs, staging)
         except BaseException as exc:
             kept = _keep_failed(executed, stage)
-            _clear(outputs)
+            _clear([staging])
             if isinstance(exc, papermill.PapermillExecutionError):
                 raise StageFailed(f"stage {stage!r} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
                                   f"  the partly executed notebook is kept in {kept}") from None
+            if isinstance(exc, OSError):  # e.g. ENOSPC: a full disk
+                raise StageFailed(f"stage {stage!r} could not write its report ({exc}); the earlier report in "
+                                  f"{out} is kept") from None
             raise
-    return executed
+    _clear([staging])
+    return out / f"{stage}.ipynb"
 
 
-def _name_the_source(executed: Path, script: Path) -> None:
-    """Record the notebook's source (not the temporary .ipynb papermill ran) in its metadata."""
+def _replace(outputs: list[Path], staging: Path) -> None:
+    """Each of ``outputs`` replaced by its namesake in ``staging`` (removed where the notebook wrote none)."""
+    for path in outputs:
+        new = staging / path.name
+        _clear([path])
+        if new.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            new.rename(path)
+
+
+def _record_the_run(executed: Path, script: Path, staging: str, out_dir: str) -> None:
+    """Record the notebook's source (not the temporary .ipynb papermill ran) and its report folder
+    (not the staging folder it wrote into) in the executed notebook."""
     nb = nbformat.read(executed, as_version=4)
-    nb.metadata["papermill"]["input_path"] = str(script)
+    meta = nb.metadata.setdefault("papermill", {})
+    meta["input_path"] = str(script)
+    meta["output_path"] = str(Path(out_dir) / executed.name)
+    if "out_dir" in meta.get("parameters", {}):
+        meta["parameters"]["out_dir"] = out_dir
+    for cell in nb.cells:
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            cell.source = cell.source.replace(f'"{staging}"', f'"{out_dir}"')
     nbformat.write(nb, executed)
 
 
 def _keep_failed(executed: Path, stage: str) -> Path | None:
     if not executed.exists():
         return None
-    FAILED_DIR.mkdir(parents=True, exist_ok=True)
-    return Path(shutil.copy(executed, FAILED_DIR / f"{stage}.ipynb"))
+    try:
+        FAILED_DIR.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copy(executed, FAILED_DIR / f"{stage}.ipynb"))
+    except OSError:  # a full disk: restoring the previous report matters more
+        return None
 
 
 def configure_logging() -> None:

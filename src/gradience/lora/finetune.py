@@ -100,6 +100,8 @@ def train(model: nn.Module, data: Encoded, steps: int, batch_size: int, lr: floa
           weight_decay: float = 0.0, recorder=None, after_step=None) -> list[float]:
     """AdamW on the trainable parameters for ``steps`` updates; returns the batch losses.
 
+    A non-finite batch loss ends the run before its update (the run diverged, as in
+    :func:`gradience.training.train`): it is the last loss returned, see :func:`diverged_at`.
     ``recorder``: a :class:`~gradience.lora.flight.FlightRecorder`, attached to the optimizer.
     ``after_step(step)``: called after update ``step`` (1-based), e.g. to evaluate; the model is put
     back in training mode afterwards."""
@@ -114,6 +116,9 @@ def train(model: nn.Module, data: Encoded, steps: int, batch_size: int, lr: floa
     device = next(model.parameters()).device
     for idx in batches(len(data), batch_size, steps, seed):
         loss = model(**to_device(data.batch(idx), device)).loss
+        if not math.isfinite(float(loss.detach())):
+            losses.append(float(loss.detach()))
+            break
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -126,6 +131,11 @@ def train(model: nn.Module, data: Encoded, steps: int, batch_size: int, lr: floa
         recorder.detach()
     model.eval()
     return losses
+
+
+def diverged_at(losses: list[float]) -> int | None:
+    """The step whose batch loss was non-finite (the run stopped there, see :func:`train`), else ``None``."""
+    return len(losses) - 1 if losses and not math.isfinite(losses[-1]) else None
 
 
 @torch.no_grad()

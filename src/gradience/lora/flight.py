@@ -80,7 +80,7 @@ class FlightRecorder:
 
     def evaluate(self, step: int, train_loss: float, test_loss: float, **extra: float) -> bool:
         """Log perplexities from mean cross-entropies and apply the monitor rule; True if it warned."""
-        train_ppl, test_ppl = math.exp(train_loss), math.exp(test_loss)
+        train_ppl, test_ppl = _exp(train_loss), _exp(test_loss)
         ratio = test_ppl / train_ppl
         warned = bool(ratio > self.memorisation_ratio)
         self.recorder.log_many(step, MODEL_SCOPE, {"train_ppl": train_ppl, "test_ppl": test_ppl,
@@ -184,3 +184,8 @@ class GradienceCallback(_trainer_callback_base()):
             self.recorder.record_geometry(model, state.global_step)
         if self.path is not None:
             self.recorder.write(self.path)
+
+
+def _exp(loss: float) -> float:
+    """``exp(loss)``, ``inf`` past float range (a diverging run's perplexity, not an OverflowError)."""
+    return math.exp(loss) if loss < 709.0 else math.inf

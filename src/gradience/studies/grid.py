@@ -9,6 +9,7 @@ the ``report`` keys.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import shutil
@@ -34,7 +35,10 @@ from gradience.config import (
 from gradience.parallel import check_executor, map_runs
 from gradience.progress import quiet
 from gradience.provenance import git_revision, library_versions
+from gradience.runstore import STORE, RunStore, code_fingerprint
 from gradience.studies.protocol import RUN_PARAMS_FILE, TABLES_DIR, Job, RunOutput, RunParams
+
+TRAIN_ENTRY = "gradience.studies.grid"  # this module, also when run as __main__
 
 
 class StageSection(Section):
@@ -90,22 +94,46 @@ def _timed(job_and_fn: tuple[Any, Job]) -> RunOutput:
     return out
 
 
+WEIGHTS_DIR = Path("reports/weights")  # base-model checkpoints (the weights_<name> stages)
+
+
+def run_store(stage: str, mod: ModuleType, data_dir: str | Path, root: str | Path = STORE) -> RunStore:
+    """The run store of ``stage`` under the code, data and base models that train it now."""
+    inputs = [Path(data_dir) / Path(d).name for d in mod.DATA]
+    inputs += [WEIGHTS_DIR / name for name in getattr(mod, "BASE_MODELS", ())]
+    return RunStore(root, stage, code_fingerprint([TRAIN_ENTRY, mod.__name__], inputs))
+
+
 def train(stage: str, p: StageSection, out_dir: str | Path, data_dir: str | Path = "data",
-          progress: bool = True) -> Path:
+          progress: bool = True, store: str | Path | None = None) -> Path:
     """Run the grid of ``stage`` and write ``<out_dir>/tables/``; return that folder.
 
-    Tables are written to a temporary folder and moved into place only when every run finished,
-    so a failed or interrupted stage leaves nothing half-written.
+    With a ``store`` (the stage command's is ``.gradience/runs``; ``None`` keeps nothing), each run
+    is kept in the run store (:mod:`gradience.runstore`) as soon as it finishes and runs already
+    there are taken from it, so an interrupted stage resumes from its finished runs and writes the
+    same tables. Tables are written to a temporary folder and moved into place only when every run
+    finished, so a failed or interrupted stage leaves nothing half-written.
     """
     mod = runs_module(stage)
     missing = [d for d in mod.DATA if not (Path(data_dir) / Path(d).name).exists()]
     if missing:
         raise FileNotFoundError(f"stage {stage!r} needs {missing} under {data_dir}/: run `gradience data` first")
     jobs = mod.jobs(p.runs, str(data_dir))
+    runs = run_store(stage, mod, data_dir, store) if store is not None else None
+    outputs: list[RunOutput | None] = [runs.get(j) if runs else None for j in jobs]
+    todo = [i for i, out in enumerate(outputs) if out is None]
+    if progress and len(todo) < len(jobs):
+        print(f"{stage}: {len(jobs) - len(todo)} of {len(jobs)} runs resumed from {runs.folder}", file=sys.stderr)
+
+    def keep(k: int, out: RunOutput) -> None:
+        outputs[todo[k]] = out
+        if runs:
+            runs.put(jobs[todo[k]], out)
+
     gpus = 1 if p.runs.device == "cuda" or (p.runs.device == "auto" and torch.cuda.is_available()) else 0
-    with quiet(not progress):  # also the bars of runs trained in this process
-        outputs = map_runs(_timed, [(mod.run_one, j) for j in jobs], workers=p.workers, desc=f"{stage} runs",
-                           executor=p.executor, gpus_per_run=gpus)
+    with quiet(not progress or not todo):  # also the bars of runs trained in this process
+        map_runs(_timed, [(mod.run_one, jobs[i]) for i in todo], workers=p.workers, desc=f"{stage} runs",
+                 executor=p.executor, gpus_per_run=gpus, on_result=keep)
     final = Path(out_dir) / TABLES_DIR
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{TABLES_DIR}-", dir=final.parent))
@@ -121,6 +149,8 @@ def train(stage: str, p: StageSection, out_dir: str | Path, data_dir: str | Path
         tmp.rename(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if runs:
+        runs.prune()
     return final
 
 
@@ -128,10 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     args = stage_arguments("python -m gradience.studies.grid", __doc__.split("\n")[0], argv)
     try:
         print(train(args.study, load_run_params(args.study, path=args.params), f"reports/{args.study}",
-                    progress=not args.quiet))
+                    progress=not args.quiet, store=STORE))
     except (ParamsError, KeyError, FileNotFoundError) as exc:
         print(f"gradience: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"gradience: no space left on the device ({exc.filename or 'writing'}): free some and rerun "
+              f"`dvc repro {args.study}_runs`; finished runs are kept in {STORE}/{args.study} and resume",
+              file=sys.stderr)
+        return 1
     return 0
 
 

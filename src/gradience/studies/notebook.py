@@ -17,12 +17,14 @@ from types import ModuleType
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field, create_model
 
 from gradience.config import PARAMS_FILE, read_params_file, validate_section
 from gradience.reporting import findings_table, verdict_counts, write_findings, write_metrics
 from gradience.studies.grid import StageSection, runs_module
-from gradience.studies.protocol import RUN_PARAMS_FILE, TABLES_DIR, ReportParams, Tables
+from gradience.studies.protocol import RUN_PARAMS_FILE, TABLES_DIR, ReportParams, RunParams, Tables
 
 
 def study_part(stage: str, part: str) -> ModuleType:
@@ -50,15 +52,57 @@ def load_params(stage: str, section: dict[str, Any] | None = None, path: str | P
     return validate_section(stage, params_schema(stage), section)
 
 
+class TablesError(FileNotFoundError):
+    """A training stage's tables are missing, truncated or unreadable; the message names the file and
+    the stage to rerun. A ``FileNotFoundError``, so the report stage's command reports it in one line."""
+
+
+def _rerun(stage: str) -> str:
+    return f"run `dvc repro {stage}_runs` (or `gradience train {stage}`)"
+
+
+def _run_params(stage: str, folder: Path) -> RunParams:
+    path = folder / RUN_PARAMS_FILE
+    if not path.exists():
+        raise TablesError(f"no tables for stage {stage!r} in {folder}/: {_rerun(stage)} first")
+    try:
+        return runs_module(stage).RunParams.model_validate(json.loads(path.read_text()))
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError and pydantic's ValidationError are ValueErrors
+        raise TablesError(f"corrupted or stale {path} ({str(exc).splitlines()[0]}): {_rerun(stage)} again") from None
+
+
+def _table_paths(stage: str, folder: Path) -> list[Path]:
+    return [folder / f"{name}.parquet" for name in (*runs_module(stage).TABLES, "runs")]
+
+
+def _read_table(stage: str, path: Path, metadata_only: bool = False) -> pd.DataFrame | None:
+    if not path.exists():
+        raise TablesError(f"missing table {path}: {_rerun(stage)} again")
+    try:
+        if metadata_only:
+            pq.read_metadata(path)
+            return None
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise TablesError(f"corrupted table {path} ({exc}): {_rerun(stage)} again") from None
+
+
+def check_tables(stage: str, tables_dir: str | Path) -> None:
+    """Every table of ``tables_dir`` present with a readable parquet footer, and its ``params.json`` valid
+    (what a truncated or interrupted write breaks); cheap: no table is read. Raises :class:`TablesError`."""
+    folder = Path(tables_dir)
+    _run_params(stage, folder)
+    for path in _table_paths(stage, folder):
+        _read_table(stage, path, metadata_only=True)
+
+
 def load_tables(stage: str, tables_dir: str | Path) -> Tables:
-    """Read ``tables_dir`` (written by :func:`gradience.studies.grid.train`); a clear error when missing."""
+    """Read ``tables_dir`` (written by :func:`gradience.studies.grid.train`); a :class:`TablesError` naming
+    the file and the stage to rerun when one is missing, truncated or unreadable."""
     mod, folder = runs_module(stage), Path(tables_dir)
-    if not (folder / RUN_PARAMS_FILE).exists():
-        raise FileNotFoundError(f"no tables for stage {stage!r} in {folder}/: run `dvc repro {stage}_runs` "
-                                f"(or `gradience train {stage}`) first")
-    params = mod.RunParams.model_validate(json.loads((folder / RUN_PARAMS_FILE).read_text()))
-    frames = {name: pd.read_parquet(folder / f"{name}.parquet") for name in mod.TABLES}
-    return Tables(params, pd.read_parquet(folder / "runs.parquet"), frames)
+    params = _run_params(stage, folder)
+    frames = {name: _read_table(stage, folder / f"{name}.parquet") for name in mod.TABLES}
+    return Tables(params, _read_table(stage, folder / "runs.parquet"), frames)
 
 
 def step_curves(frame: pd.DataFrame, by: str | list[str], metrics: dict[str, str]) -> pd.DataFrame:

@@ -7,8 +7,24 @@ Every task returns a :class:`Split` of tensors; inputs are built from files unde
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+REBUILD = "rebuild data/ with `gradience data --verify` (or `make data`)"
+
+
+class DataFileError(FileNotFoundError):
+    """A file under ``data/`` that is missing or unreadable (truncated, garbage bytes); the message names
+    it and how to rebuild it. A ``FileNotFoundError``, so every stage's command reports it in one line."""
+
+
+def missing_data(path: str | Path) -> DataFileError:
+    return DataFileError(f"missing data: {path}; {REBUILD}")
+
+
+def corrupted_data(path: str | Path, problem: str) -> DataFileError:
+    return DataFileError(f"corrupted data: {path} ({problem}); {REBUILD}")
 
 
 @dataclass(frozen=True)

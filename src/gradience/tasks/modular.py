@@ -6,12 +6,13 @@ The full operation table lives in ``data/modular/mod{p}.csv`` (columns ``a,b,add
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gradience.tasks import Split, random_split_indices
+from gradience.tasks import Split, corrupted_data, missing_data, random_split_indices
 
 OPERATIONS = ("add", "sub", "mul", "div")
 MODULI = (23, 59, 97, 113)  # tables shipped in data/; 97 is the seed's, 113 Nanda et al.'s
@@ -39,12 +40,22 @@ def write_table(p: int, folder: Path) -> Path:
 
 
 def load_table(data_dir: Path, p: int) -> np.ndarray:
+    """The table of ``mod{p}.csv``, checked against :func:`operation_table` (a truncated or altered file
+    is an error naming it, not a silently smaller task)."""
     path = Path(data_dir) / "modular" / f"mod{p}.csv"
     if not path.exists():
-        raise FileNotFoundError(
-            f"missing data: {path} (moduli shipped: {MODULI}); run `gradience data` to rebuild data/"
-        )
-    return np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.int64)
+        raise missing_data(f"{path} (moduli shipped: {MODULI})")
+    try:
+        with warnings.catch_warnings():  # an empty file warns before it fails the check below
+            warnings.simplefilter("ignore", UserWarning)
+            table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise corrupted_data(path, f"not a CSV of integers: {exc}") from None
+    if table.shape != (p * p, 2 + len(OPERATIONS)):
+        raise corrupted_data(path, f"shape {table.shape}, expected {(p * p, 2 + len(OPERATIONS))}: truncated?")
+    if not np.array_equal(table, operation_table(p)):
+        raise corrupted_data(path, f"values differ from the operation table mod {p}")
+    return table
 
 
 def modular_split(

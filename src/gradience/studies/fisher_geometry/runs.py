@@ -145,6 +145,9 @@ def fisher_triples(model: nn.Module, batch: tuple[Tensor, Tensor], kind: FisherK
     grad = fisher.batch_grad(model, batch)
     spectrum = fisher.fisher_spectrum(G, f.top_k)
     s, V = fisher_eigensystem(G)
+    prefix = FISHER_KIND_PREFIX[kind]
+    if s.size == 0:  # no positive (finite) eigenvalue: the gradients vanished or blew up (a diverging run)
+        return [(MODEL_SCOPE, f"{prefix}_fisher_failed", 1.0)]
     lam1 = float(s[0])
     full = fisher.natural_gradient_alignment(G, grad, [d * lam1 for d in f.dampings])
     span = list(fisher.span_alignment(G, grad, [d * lam1 for d in (0.0, *f.dampings)]).values())
@@ -160,7 +163,6 @@ def fisher_triples(model: nn.Module, batch: tuple[Tensor, Tensor], kind: FisherK
               | {"grad_span_fraction": span[0]}
               | {ng_span_key(d): a for d, a in zip((0.0, *f.dampings), span[1:], strict=True)}
               | align)
-    prefix = FISHER_KIND_PREFIX[kind]
     return ([(MODEL_SCOPE, f"{prefix}_{m}", float(x)) for m, x in values.items()]
             + [(scope, f"{prefix}_{m}", x) for scope, m, x in per])
 
@@ -227,7 +229,11 @@ class SharpnessTracker:
         theta = theta.detach()
         v0 = self.vector if self.vector is not None else torch.randn(theta.numel(), generator=torch.Generator().manual_seed(0),
                                                                       dtype=theta.dtype).to(theta.device)
-        pair = curvature.lanczos_top_eigenpair(curvature.hvp_fn(loss_fn, theta), v0, tol=self.tol)
+        try:
+            pair = curvature.lanczos_top_eigenpair(curvature.hvp_fn(loss_fn, theta), v0, tol=self.tol)
+        except np.linalg.LinAlgError:  # non-finite HVPs (a diverging run): no λ_max, and no cap from it
+            self.prev, self.lam = self.lam, math.nan
+            return [(MODEL_SCOPE, "lambda_max", math.nan), (MODEL_SCOPE, "lambda_max_failed", 1.0)]
         self.prev, self.lam, self.vector = self.lam, pair.value, pair.vector.detach()
         return [(MODEL_SCOPE, "lambda_max", pair.value), (MODEL_SCOPE, "sharpness_over_edge", ctx.lr * pair.value / 2.0),
                 (MODEL_SCOPE, "lambda_max_n_hvp", float(pair.n_hvp))]

@@ -47,7 +47,7 @@ class EarlyWarningParams(Section):
         default_factory=lambda: ["grad_norm", "grad_cosine", "grad_noise_scale", "grad_noise_trace", "train_loss",
                                  "test_loss"])
     detrend: Literal["gaussian", "linear", "none"] = "gaussian"
-    bandwidth: float = Field(default=0.2, gt=0, le=1, description="Gaussian σ as a fraction of the window")
+    bandwidth: float = Field(default=0.2, gt=0, le=1, description="Gaussian detrend kernel σ = bandwidth × series length (signals.detrend; ewstools 2.x bandwidth = 2.7 × this)")
     window: float = Field(default=0.5, gt=0, le=1, description="rolling window, fraction of the series")
     surrogate: Literal["phase", "shuffle"] = "phase"
     n_surrogates: int = Field(default=99, ge=19)

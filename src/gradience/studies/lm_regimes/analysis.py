@@ -44,7 +44,7 @@ class CouplingParams(Section):
 
     max_lag: int = Field(ge=0, description="cadence points")
     detrend: Literal["gaussian", "linear", "none"] = "gaussian"
-    bandwidth: float = Field(default=0.2, gt=0, le=1, description="Gaussian detrend σ as a fraction of the series")
+    bandwidth: float = Field(default=0.2, gt=0, le=1, description="Gaussian detrend kernel σ = bandwidth × series length (signals.detrend; ewstools 2.x bandwidth = 2.7 × this)")
     surrogates: int = Field(ge=19)
     surrogate_kind: Literal["phase", "shuffle"] = "phase"
     alpha: float = Field(default=0.05, gt=0, lt=1)

@@ -201,19 +201,21 @@ def run_family(job: Job[R], task: Task) -> RunOutput:
         evaluate(0)
         losses = ft.train(model, train, p.steps, p.batch_size, spec.lr, seed=job.seed, weight_decay=p.weight_decay,
                           recorder=rec, after_step=lambda s: evaluate(s) if s % p.eval_every == 0 else None)
-        if p.steps % p.eval_every:
-            evaluate(p.steps)
+    at = ft.diverged_at(losses)  # a diverged run stops before its non-finite update and is scored there
+    end = (p.steps if at is None else at) if spec is not None else 0
+    if spec is not None and end % p.eval_every:
+        evaluate(end)
     scoring = time.process_time()
     acc = task.score(model, tok, test_scored, enc_test)
     scoring = time.process_time() - scoring
-    end = p.steps if spec is not None else 0
     for step, loss in enumerate(losses):
         rec.recorder.log(step, MODEL_SCOPE, "batch_loss", loss)
     rec.recorder.log(end, MODEL_SCOPE, "test_acc", acc)
     telemetry = rec.frame()
     last = telemetry[(telemetry.scope == MODEL_SCOPE) & (telemetry.step == end)].set_index("metric")["value"]
     record = {"accuracy": acc, "trainable_params": int(trainable), "total_params": int(total), "steps": end,
-              "n_test": len(test_scored), "memorisation_warnings": len(rec.warnings), "scoring_cpu_seconds": scoring}
+              "n_test": len(test_scored), "memorisation_warnings": len(rec.warnings), "scoring_cpu_seconds": scoring,
+              "outcome": "completed" if at is None else "diverged", "diverged_at": at}
     record |= {k: float(last.get(k, math.nan)) for k in RUN_COLUMNS[1:]}
     labels = getattr(enc_test, "labels", None)
     if isinstance(labels, torch.Tensor) and labels.ndim == 1:  # a classifier: the majority-class baseline

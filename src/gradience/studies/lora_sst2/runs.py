@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
 from gradience.lora import finetune as ft
 from gradience.studies.lora_family import runs as family
 from gradience.studies.protocol import Job, RunOutput
@@ -30,7 +32,7 @@ TABLES = ("telemetry",)
 
 
 class RunParams(family.FamilyRunParams):
-    score_batch: int = 64
+    score_batch: int = Field(default=64, ge=1, description="examples scored per batch")
 
 
 def _records(p: family.FamilyRunParams, data_dir: str, split: str) -> list[dict]:

@@ -111,7 +111,8 @@ def shapes(ranks: pd.DataFrame, runs: pd.DataFrame, c: Criterion) -> pd.DataFram
         g = g.sort_values("step")
         rows.append({"run": run, "scope": scope, "matrix": matrix,
                      **trajectory_shape(g["step"].to_numpy(), g["value"].to_numpy(), c)})
-    return done[["run", "family", "arm", "lr_spike", "role", "seed"]].merge(pd.DataFrame(rows), on="run")
+    found = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["run", "scope", "matrix"])  # none: all diverged
+    return done[["run", "family", "arm", "lr_spike", "role", "seed"]].merge(found, on="run")
 
 
 def seed_agreement(ranks: pd.DataFrame, runs: pd.DataFrame, c: Criterion, n_null: int = 199,

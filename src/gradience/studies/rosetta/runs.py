@@ -58,10 +58,19 @@ class SmallTask(Section):
 
 
 class ModularTask(SmallTask):
-    modulus: int = 97
+    modulus: int = Field(default=97, description="one of the moduli shipped in data/modular")
     op: Literal["add", "sub", "mul", "div"] = "add"
     d_embed: int = Field(default=64, ge=1)
     d_hidden: int = Field(default=160, ge=1)
+
+    @field_validator("modulus")
+    @classmethod
+    def _shipped_modulus(cls, v: int) -> int:
+        from gradience.tasks.modular import MODULI
+
+        if v not in MODULI:
+            raise ValueError(f"must be one of the moduli shipped in data/modular: {MODULI}")
+        return v
 
 
 class DigitsTask(SmallTask):
@@ -222,7 +231,9 @@ def _reviews(job: Job[RunParams], arm: Arm) -> RunOutput:
                       pd.DataFrame({"run": job.run_id, "step": np.arange(len(monitor.ratios)), "scope": "model",
                                     "metric": "budget_ratio_max", "value": monitor.ratios})], ignore_index=True)
     tail = losses[-max(1, len(losses) // 5):]
-    record = {"task": "reviews", "arm": arm.name, "rules": ",".join(arm.rules), "outcome": "completed",
+    diverged = finetune.diverged_at(losses) is not None  # the loop stopped at a non-finite loss
+    record = {"task": "reviews", "arm": arm.name, "rules": ",".join(arm.rules),
+              "outcome": "diverged" if diverged else "completed",
               "lr": t.lr, "batch_size": t.batch_size, "steps": t.steps, "final_test_acc": acc, "initial_test_acc": acc0,
               "majority_share": majority, "n_test": len(te),
               "final_train_loss": float(np.mean(tail)), "n_targets": float(len(excess)),

@@ -104,6 +104,11 @@ def _fourier_summary(fr: pd.DataFrame) -> dict[str, float]:
             "depth_elevation_random": float(el_random.value.iloc[0]) if len(el_random) else np.nan}
 
 
+def _median(frame: pd.DataFrame, metric: str) -> float:
+    """The median of ``metric`` in ``frame``; NaN where it was never measured (a run that diverged early)."""
+    return frame[metric].median() if metric in frame else np.nan
+
+
 def analyse(tables: Tables[RunParams], p: ReportParams) -> Analysis:
     """The telemetry wide (one column per metric) and one row per run with the summaries the claims read."""
     t = tables.telemetry
@@ -111,7 +116,13 @@ def analyse(tables: Tables[RunParams], p: ReportParams) -> Analysis:
     wide = t.pivot_table(index=["run", "condition", "seed", "step"], columns="metric", values="value").reset_index()
     wide.insert(2, "task", wide.run.map(runs["task"]))
     rp = tables.params
-    four = tables.frames.get("fourier", pd.DataFrame(columns=["run", "analysis", "index", "value"]))
+    four = tables.frames.get("fourier", pd.DataFrame())
+    if "run" not in four:  # no Fourier rows at all (SCAN only, or every run diverged)
+        four = pd.DataFrame(columns=["run", "analysis", "index", "value"])
+    # a diverged run has no perturbation or ablation rows; if every run diverged, those tables have no columns
+    pert, abl = tables.perturbation, tables.ablation
+    pert = pert if "run" in pert else pd.DataFrame(columns=["run", "direction", "eps", "dloss"])
+    abl = abl if "run" in abl else pd.DataFrame(columns=["run", "direction", "loss", "acc", "base_loss", "base_acc"])
     rows = []
     for (run, cond, seed, task), g in wide.groupby(["run", "condition", "seed", "task"]):
         g = g.sort_values("step")
@@ -121,15 +132,15 @@ def analyse(tables: Tables[RunParams], p: ReportParams) -> Analysis:
         post = g[g.step >= fs + (g.step.max() - fs) / 2] if np.isfinite(fs) else g.iloc[0:0]
         probes = g.dropna(subset=["probe_r2_linear"]) if "probe_r2_linear" in g else g.iloc[0:0]
         at_removal = probes[probes.step == rp.removal_at]
-        a = tables.ablation.query("run == @run")
-        e, r = a[a.direction == "edge"].iloc[0], a[a.direction != "edge"]
+        a = abl[abl.run == run]
+        e, r = a[a.direction == "edge"], a[a.direction != "edge"]
         rows.append({
             "run": run, "condition": cond, "seed": seed, "task": task,
             "fit_step": fs, "post_steps": g.step.max() - fs,
             "test_fit_step": first_step_reaching(g.step, g.test_acc, p.test_fit_acc),
-            "grad_energy_pre": pre["edge_grad_energy"].median(), "grad_energy_post": post["edge_grad_energy"].median(),
-            "rotation_post": post["edge_rotation"].median() if "edge_rotation" in post else np.nan,
-            "gap_median": g.loc[g.step >= rp.window, "edge_gap"].median(),
+            "grad_energy_pre": _median(pre, "edge_grad_energy"), "grad_energy_post": _median(post, "edge_grad_energy"),
+            "rotation_post": _median(post, "edge_rotation"),
+            "gap_median": _median(g[g.step >= rp.window], "edge_gap"),
             "final_test_acc": last["test_acc"], "final_train_acc": last["train_acc"],
             "final_test_seq_acc": last.get("test_seq_acc", np.nan),
             "r2_linear": probes["probe_r2_linear"].iloc[-1] if len(probes) else np.nan,
@@ -137,7 +148,8 @@ def analyse(tables: Tables[RunParams], p: ReportParams) -> Analysis:
             "r2_mlp": probes["probe_r2_mlp"].iloc[-1] if len(probes) else np.nan,
             "r2_linear_at_removal": at_removal["probe_r2_linear"].iloc[0] if len(at_removal) else np.nan,
             "test_acc_at_removal": at_removal["test_acc"].iloc[0] if len(at_removal) else np.nan,
-            "ablation_loss_ratio": safe_ratio(abs(e.loss - e.base_loss), float((r.loss - r.base_loss).abs().mean())),
+            "ablation_loss_ratio": (safe_ratio(abs(e.loss.iloc[0] - e.base_loss.iloc[0]),
+                                               float((r.loss - r.base_loss).abs().mean())) if len(e) else np.nan),
             **_fourier_summary(four[four.run == run]),
         })
     per_run = pd.DataFrame(rows)
@@ -151,7 +163,7 @@ def analyse(tables: Tables[RunParams], p: ReportParams) -> Analysis:
     per_run["decay_clock_post"] = post_fit_decay_clock(per_run, lr, last.where(~removal, last.clip(upper=rp.removal_at)))
     per_run["decay_clock_at_removal"] = post_fit_decay_clock(per_run, lr, rp.removal_at).where(removal)
     per_run["edge_class"] = [classify(x, p.class_bounds) for x in per_run["grad_energy_post"]]
-    return Analysis(wide, per_run, tables.perturbation, tables.ablation, four, rp)
+    return Analysis(wide, per_run, pert, abl, four, rp)
 
 
 def metrics(a: Analysis, p: ReportParams) -> dict:

@@ -30,6 +30,7 @@ and along a random direction.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -228,6 +229,7 @@ def run_one(job: Job[RunParams]) -> RunOutput:
     gen = torch.Generator().manual_seed(job.seed)
     rows: list[tuple[int, str, float]] = []
     n_train = split.x_train.shape[0]
+    diverged_at: int | None = None
     with tracker.attach():
         for step in bar(range(s.steps + 1), desc=job.run_id, leave=False, mininterval=5):
             if step % s.every == 0 or step == s.steps:
@@ -249,6 +251,9 @@ def run_one(job: Job[RunParams]) -> RunOutput:
             x, y = split.x_train[idx], split.y_train[idx]
             x, y = scan.trim(x, y) if s.trim else (x, y)
             loss, _ = loss_and_accuracy(model(x), y)
+            if not math.isfinite(float(loss.detach())):  # diverged: stop before the update (training.train's rule)
+                diverged_at = step
+                break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if p.grad_clip:
@@ -257,6 +262,15 @@ def run_one(job: Job[RunParams]) -> RunOutput:
     model.eval()
     ids = {"run": job.run_id, "condition": job.condition, "seed": job.seed}
     telemetry = pd.DataFrame(rows, columns=["step", "metric", "value"]).assign(scope=MODEL_SCOPE, **ids)
+    record = {"task": arm.task, "weight_decay": arm.weight_decay, "n_params": sum(q.numel() for q in model.parameters()),
+              "edge_params": tracker.n_params, "train_targets": int((split.y_train != IGNORE_INDEX).sum()),
+              "final_train_acc": float(telemetry.query("metric == 'train_acc'").value.iloc[-1]),
+              "outcome": "completed" if diverged_at is None else "diverged", "diverged_at": diverged_at}
+    if diverged_at is not None:  # no trained model to perturb, ablate or read: those tables stay empty
+        empty = {"perturbation": ["direction", "eps", "dloss"], "ablation": ["direction", "loss", "acc", "base_loss",
+                 "base_acc"], "fourier": ["analysis", "index", "value"]}
+        return RunOutput({"telemetry": telemetry} | {name: pd.DataFrame(columns=[*cols, *ids])
+                                                     for name, cols in empty.items()}, record)
     xt, yt = scan.trim(split.x_test, split.y_test) if s.trim else (split.x_test, split.y_test)
     f, theta = tracker.restrict(*edge.flat_evaluator(model, xt, yt))
     v = tracker.direction()
@@ -271,8 +285,4 @@ def run_one(job: Job[RunParams]) -> RunOutput:
     rnd = tracker.embed(edge.random_directions(1, tracker.n_params, job.seed + 1)[0])
     four = fourier_rows(model, split, tracker.embed(v), rnd, p.response_eps) if arm.task == "dyck" else []
     four_df = pd.DataFrame(four, columns=["analysis", "index", "value"]).assign(**ids)
-    targets = int((split.y_train != IGNORE_INDEX).sum())
-    record = {"task": arm.task, "weight_decay": arm.weight_decay, "n_params": sum(q.numel() for q in model.parameters()),
-              "edge_params": tracker.n_params, "train_targets": targets,
-              "final_train_acc": float(telemetry.query("metric == 'train_acc'").value.iloc[-1])}
     return RunOutput({"telemetry": telemetry, "perturbation": pert, "ablation": abl, "fourier": four_df}, record)
