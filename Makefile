@@ -4,7 +4,7 @@
 #   make test    install into .venv (with what the tests add), run the test suite
 #   make lab     JupyterLab in the project's environment (notebooks/*.py open as notebooks)
 # Each installs exactly its hashed lock: requirements.lock (the pipeline) and requirements-<extra>.lock
-# (what an extra adds: dev for tests and lint, lab, paper, ray); `make lock` regenerates them all.
+# (what an extra adds: dev for tests and lint, lab, paper, ray, site); `make lock` regenerates them all.
 # GPU users with pip: `make study TORCH=torch` (any CUDA build); conda users: see environment.yml.
 
 PYTHON ?= python3
@@ -13,7 +13,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: study test setup data lint bench lab lock clean-venv
+.PHONY: study test setup data lint bench lab site browser lock clean-venv
 
 # Locked installs: a lock is a complete pinned set, so --no-deps; the wheels named in NO_DEPS_OK are
 # installed without their declared dependencies on purpose, every other requirement must be met.
@@ -27,7 +27,7 @@ ifdef PROFILE
 endif
 	dvc repro
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev $(VENV)/.site browser
 	python -m pytest
 
 setup: $(VENV)/.installed
@@ -51,7 +51,7 @@ $(VENV)/.dev: $(VENV)/.installed requirements-dev.lock
 	$(PIP_CHECK)
 	touch $@
 
-# lab, paper (datasets: the hub corpora), ray (the ray executor): each installs its own lock.
+# lab, paper (datasets: the hub corpora), ray (the ray executor), site: each installs its own lock.
 $(VENV)/.%: $(VENV)/.installed requirements-%.lock
 	$(PIP_LOCKED) requirements-$*.lock
 	$(PIP_CHECK)
@@ -68,6 +68,17 @@ lint: $(VENV)/.dev
 # at the repository root, so the executed notebooks in reports/ and the sources in notebooks/ are both there.
 lab: $(VENV)/.lab
 	JUPYTER_CONFIG_PATH=$(CURDIR)/.jupyter jupyter lab --notebook-dir=$(CURDIR)
+
+# The site of the executed notebooks (docs/site/): the synthesis as front page, a page per study, the
+# glossary, built from reports/ without running a cell, into .gradience/site/html.
+site: $(VENV)/.site
+	python docs/site/build.py .gradience/site
+
+# Debian's chromium, for the browser check of tests/test_site.py (make test), installed with apt-get where
+# missing; where that is not possible the test skips and says why.
+browser:
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y chromium; } \
+	  || echo "chromium not installed (make installs it with apt-get only): tests/test_site.py skips without it"
 
 bench: setup
 	python benchmarks/telemetry_overhead.py
@@ -109,6 +120,7 @@ lock:
 	$(call lock-extra,lab,lab)
 	$(call lock-extra,paper,paper)
 	$(call lock-extra,ray,ray)
+	$(call lock-extra,site,site)
 	@! grep -l -E '^(nvidia-|triton==)' requirements*.lock || { echo "a CUDA torch was resolved: make pip find the CPU build (e.g. PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu)"; exit 1; }
 
 clean-venv:

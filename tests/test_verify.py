@@ -89,14 +89,49 @@ def test_an_absent_findings_count_is_zero(committed):
 def test_missing_keys_and_nulls(committed):
     committed["conditions"]["add_wd0"]["grok_step_mean"] = None  # runs that never grokked
     committed["conditions"]["add_wd0.01"]["grok_step_mean"] = None
+    committed["conditions"]["add_wd1"]["op"] = "add"
     rerun = copy.deepcopy(committed)
     del rerun["conditions"]["add_wd1"]["kappa"]["model"]["peak_median"]
     rerun["conditions"]["add_wd1"]["extra"] = 1.0
     rerun["conditions"]["add_wd0.01"]["grok_step_mean"] = 1500.0  # null → a number: it grokked now
+    rerun["conditions"]["add_wd1"]["kappa"]["model"]["final_median"] = "inf"  # rank-deficient now
+    rerun["conditions"]["add_wd1"]["op"] = "mul"  # a changed string
     s = statuses(verify.compare(committed, rerun))
     assert s["conditions.add_wd1.kappa.model.peak_median"] == s["conditions.add_wd1.extra"] == "missing"
     assert s["conditions.add_wd0.grok_step_mean"] == "equal"  # null == null
-    assert s["conditions.add_wd0.01.grok_step_mean"] == "outside tolerance"
+    assert s["conditions.add_wd0.01.grok_step_mean"] == "censoring changed"
+    assert s["conditions.add_wd1.kappa.model.final_median"] == "censoring changed"
+    assert s["conditions.add_wd1.op"] == "outside tolerance"
+    assert "censoring changed" not in verify.FAILING
+
+
+def test_counts_pass_within_one_and_fail_beyond():
+    table = verify.compare({"n_grokked": 10, "x.n_runs": 24, "n_big": 3}, {"n_grokked": 11, "x.n_runs": 24, "n_big": 5},
+                           {"*": 0.0})
+    assert list(table["status"]) == ["within tolerance", "equal", "outside tolerance"]
+    assert verify.compare({"a": 1.0}, {"a": 2.0}, {"*": 0.0})["status"].item() == "outside tolerance"  # floats: no slack
+
+
+def test_findings_are_compared_claim_by_claim_in_order():
+    committed = [{"id": "a", "verdict": "reproduced"}, {"id": "b", "verdict": "inconclusive"},
+                 {"id": "b", "verdict": "reproduced"}, {"id": "c", "verdict": "not reproduced"}]
+    rerun = [{"id": "a", "verdict": "reproduced"}, {"id": "b", "verdict": "inconclusive"},
+             {"id": "b", "verdict": "not comparable"}, {"id": "d", "verdict": "reproduced"}]
+    s = statuses(verify.compare_findings(committed, rerun))
+    assert s == {"findings.json:a#0": "equal", "findings.json:b#0": "equal", "findings.json:b#1": "verdict flipped",
+                 "findings.json:c#0": "missing", "findings.json:d#0": "missing"}
+
+
+def test_a_flipped_claim_in_findings_json_fails_the_stage(committed, repo, capsys):
+    rows = [{"id": "grokking.x", "verdict": "reproduced", "measured": "1", "why": ""}]
+    (repo / "reports" / "x" / "findings.json").write_text(json.dumps(rows))
+    git(repo, "add", ".")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "findings")
+    assert verify.main(["x"], "HEAD", repo) == 0
+    rows[0]["verdict"] = "inconclusive"
+    (repo / "reports" / "x" / "findings.json").write_text(json.dumps(rows))
+    assert verify.main(["x"], "HEAD", repo) == 1
+    assert "findings.json:grokking.x#0" in capsys.readouterr().out
 
 
 def test_tolerances_first_matching_pattern_wins():

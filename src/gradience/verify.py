@@ -1,17 +1,24 @@
-"""Compare a rerun's ``reports/<stage>/metrics.json`` with the committed one (``gradience verify``).
+"""Compare a rerun's report with the committed one (``gradience verify``).
 
-Both files are flattened (nested keys joined with ``.``) and compared key by key. Each key gets
-one status:
+Two files of ``reports/<stage>/`` are compared: ``findings.json`` row by row (the verdict of each
+claim; a claim judged per task has one row per task, matched in order) and ``metrics.json`` key by
+key (flattened, nested keys joined with ``.``). Each key gets one status:
 
 - ``equal``: the same value (numbers, strings, ``null``);
 - ``within tolerance`` / ``outside tolerance``: numbers that differ by at most / more than the
-  key's tolerance (see :data:`TOLERANCES`); a value that changed type or became / stopped being
-  ``null`` or a string is ``outside tolerance``;
-- ``verdict flipped``: a changed verdict, i.e. any change of a ``findings.*`` count (how many
-  findings were reproduced, not reproduced, …; an absent count is 0) or of a ``*verdict*`` value;
+  key's tolerance (:data:`TOLERANCES`, relative; counts, i.e. two integers, also pass within
+  :data:`COUNT_SLACK` of each other); a value that changed type or a changed string is ``outside
+  tolerance``;
+- ``censoring changed``: a value that was not measured in one run and measured in the other
+  (``null``/NaN/±inf against a finite number: an event that happened just inside or just outside a
+  run's budget, such as a grok step);
+- ``verdict flipped``: a claim's verdict changed (``findings.json``), or a verdict count or a
+  ``*verdict*`` value of ``metrics.json`` (an absent count is 0);
 - ``missing``: the key is in one file only.
 
-A stage fails verification when a verdict flipped or a value is outside tolerance.
+A stage fails when a verdict flipped or a number moved outside its tolerance; the rest is
+reported. The tolerances are calibrated on reruns of one commit on two 2-core machines (see
+:data:`TOLERANCES`): a number outside them moved by more than a change of machine moves it.
 """
 
 from __future__ import annotations
@@ -50,9 +57,10 @@ TOLERANCES: dict[str, float] = {
     "*": 0.25,
 }
 DEFAULT_TOLERANCE = 0.25  # when ``tolerances`` has no matching pattern
+COUNT_SLACK = 1  # two counts (integers) this close are within tolerance: one run on the other side of a threshold
 FLOOR = 1e-9
 VERDICTS = ("findings.*", "*verdict*")
-STATUSES = ("equal", "within tolerance", "outside tolerance", "verdict flipped", "missing")
+STATUSES = ("equal", "within tolerance", "censoring changed", "outside tolerance", "verdict flipped", "missing")
 FAILING = ("outside tolerance", "verdict flipped")
 _MISSING = object()
 
@@ -89,6 +97,10 @@ def _number(v: Any) -> float | None:
     return None
 
 
+def _censored(v: float | None) -> bool:
+    return v is None or not math.isfinite(v)
+
+
 def _same(a: Any, b: Any) -> bool:
     x, y = _number(a), _number(b)
     if x is not None and y is not None:
@@ -112,13 +124,16 @@ def compare(committed: dict, rerun: dict, tolerances: Mapping[str, float] | None
         tol = tolerance(key, tolerances)
         nx, ny = _number(x), _number(y)
         rel = abs(ny - nx) / max(abs(nx), FLOOR) if nx is not None and ny is not None else math.nan
+        counts = type(x) is int and type(y) is int
         if x is _MISSING or y is _MISSING:
             status = "missing"
         elif _same(x, y):
             status = "equal"
         elif verdict:
             status = "verdict flipped"
-        elif rel <= tol:  # False for NaN: null, strings, changed types
+        elif (x is None or nx is not None) and (y is None or ny is not None) and _censored(nx) != _censored(ny):
+            status = "censoring changed"
+        elif rel <= tol or (counts and abs(y - x) <= COUNT_SLACK):  # False for NaN: strings, changed types
             status = "within tolerance"
         else:
             status = "outside tolerance"
@@ -128,14 +143,32 @@ def compare(committed: dict, rerun: dict, tolerances: Mapping[str, float] | None
     return pd.DataFrame(rows, columns=["key", "committed", "rerun", "rel_diff", "tolerance", "status"])
 
 
+def compare_findings(committed: list[dict], rerun: list[dict]) -> pd.DataFrame:
+    """One row per Findings row (key ``findings.json:<claim id>#<k>``, the k-th row of that claim):
+    ``equal`` or ``verdict flipped`` by its verdict, ``missing`` when only one run has it."""
+    def keyed(rows: list[dict]) -> dict[str, str]:
+        seen: dict[str, int] = {}
+        out = {}
+        for row in rows:
+            k = seen[row["id"]] = seen.get(row["id"], -1) + 1
+            out[f"findings.json:{row['id']}#{k}"] = row["verdict"]
+        return out
+
+    a, b = keyed(committed), keyed(rerun)
+    rows = []
+    for key in list(a) + [k for k in b if k not in a]:
+        x, y = a.get(key), b.get(key)
+        status = "missing" if x is None or y is None else "equal" if x == y else "verdict flipped"
+        rows.append({"key": key, "committed": x, "rerun": y, "rel_diff": math.nan, "tolerance": 0.0,
+                     "status": status})
+    return pd.DataFrame(rows, columns=["key", "committed", "rerun", "rel_diff", "tolerance", "status"])
+
+
 def metrics_path(stage: str) -> str:
     return f"reports/{stage}/metrics.json"
 
 
-def verify_stage(stage: str, committed_ref: str = "HEAD", repo: str | Path = ".",
-                 tolerances: Mapping[str, float] | None = None) -> pd.DataFrame:
-    """:func:`compare` ``git show <committed_ref>:reports/<stage>/metrics.json`` with the working tree's."""
-    path = metrics_path(stage)
+def _committed_and_working(path: str, committed_ref: str, repo: str | Path, stage: str) -> tuple[Any, Any]:
     shown = subprocess.run(["git", "-C", str(repo), "show", f"{committed_ref}:{path}"],
                            capture_output=True, text=True)
     if shown.returncode != 0:
@@ -143,7 +176,20 @@ def verify_stage(stage: str, committed_ref: str = "HEAD", repo: str | Path = "."
     working = Path(repo) / path
     if not working.exists():
         raise FileNotFoundError(f"no {working}: rerun the stage first (dvc repro {stage})")
-    return compare(json.loads(shown.stdout), json.loads(working.read_text()), tolerances)
+    return json.loads(shown.stdout), json.loads(working.read_text())
+
+
+def verify_stage(stage: str, committed_ref: str = "HEAD", repo: str | Path = ".",
+                 tolerances: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """:func:`compare_findings` and :func:`compare` of the committed ``findings.json`` and ``metrics.json``
+    of ``reports/<stage>/`` (``git show <committed_ref>:…``) with the working tree's."""
+    tables = []
+    findings = f"reports/{stage}/findings.json"
+    shown = subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{committed_ref}:{findings}"])
+    if shown.returncode == 0 or (Path(repo) / findings).exists():
+        tables.append(compare_findings(*_committed_and_working(findings, committed_ref, repo, stage)))
+    tables.append(compare(*_committed_and_working(metrics_path(stage), committed_ref, repo, stage), tolerances))
+    return pd.concat(tables, ignore_index=True)
 
 
 def main(stages: Sequence[str] = (), ref: str = "HEAD", repo: str | Path = ".") -> int:
