@@ -31,7 +31,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from gradience import plots, reporting, synthesis
+from gradience import cost, plots, reporting, synthesis
 from gradience.studies.notebook import repository_root
 
 root = repository_root()
@@ -111,6 +111,25 @@ for verdict in ("reproduced", "not reproduced"):
     table = sel.assign(claim=sel.id.map(lambda c: registry[c]["claim"]))[["study", "claim", "measured"]]
     display(Markdown(f"**{verdict}** ({len(sel)})"))
     display(Markdown(plots.markdown_table(table)))
+
+# %% [markdown]
+# ## What the paper scale costs
+#
+# Per study, the runs, optimiser steps and training FLOPs of the default and the paper profile,
+# counted from the params (``gradience.cost``: the study's own jobs and models; FLOPs ≈ 6·N·tokens
+# per step for dense training, 4·N_base + 6·N_adapter for LoRA, plus the Hutchinson and Fisher
+# probes whose counts the params fix). Beside them, the default's measured CPU time (the summed
+# ``cpu_seconds`` of each study's run table; "n/a" where the table is missing or came from another
+# profile) with the FLOP/s it implies, and the paper's estimated time on one H100 SXM (peak bf16
+# 989, fp32 67 TFLOP/s) at the utilisation shown: 5 % for the small fp32 models, 40 % for
+# Mistral-7B LoRA in bf16. `gradience profile paper` prints the same estimate.
+
+# %%
+costs = cost.cost_table(root / "data", root / "reports")
+missing = costs.study[costs.default_cpu_hours.isna()].tolist()
+display(Markdown(plots.markdown_table(cost.display_table(costs))))
+if missing:
+    display(Markdown(f"No default-profile run table yet for: {', '.join(missing)} (measured time n/a)."))
 
 # %%
 path = synthesis.write(rows, out_dir)  # metrics.json, read by `dvc metrics show`

@@ -48,7 +48,10 @@ def test_the_synthesis_stage_reads_every_studys_findings_and_trains_nothing():
     assert synth["cmd"] == "python -m gradience.synthesis"
     assert {f"reports/{s}/findings.json" for s in STAGES} <= set(synth["deps"])
     assert pipeline.CLAIM_REGISTRY in synth["deps"] and "notebooks/synthesis.py" in synth["deps"]
-    assert not [d for d in synth["deps"] if "/tables" in d or d.endswith(".ipynb")]  # no tables, no notebook
+    assert not [d for d in synth["deps"] if d.endswith(".ipynb")]  # never an executed notebook
+    # the tables only for the cost table's measured CPU times (runs.parquet), the profiles for its counts
+    assert {d for d in synth["deps"] if "/tables" in d} == {f"reports/{s}/tables" for s in STAGES}
+    assert {"src/gradience/profiles/default.yaml", "src/gradience/profiles/paper.yaml"} <= set(synth["deps"])
     assert synth["metrics"] == [{"reports/synthesis/metrics.json": {"cache": False}}]
     for stage in STAGES:
         assert {"reports/" + stage + "/findings.json": {"cache": False}} in spec[stage]["outs"]

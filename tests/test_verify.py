@@ -154,3 +154,37 @@ def test_verify_stage_reads_the_committed_file_from_git(committed, repo):
     assert sum(v != "equal" for v in s.values()) == 1
     with pytest.raises(FileNotFoundError, match=r"no committed reports/y/metrics.json at 'HEAD'"):
         verify.verify_stage("y", "HEAD", repo)
+
+
+def test_a_recorded_move_widens_that_keys_tolerance_only(committed):
+    key = "conditions.add_wd1.kappa.model.final_median"
+    rerun = copy.deepcopy(committed)
+    rerun["conditions"]["add_wd1"]["kappa"]["model"]["final_median"] *= 4.0  # +300 %
+    assert statuses(verify.compare(committed, rerun))[key] == "outside tolerance"
+    row = verify.compare(committed, rerun, moved={key: 1.6}).set_index("key").loc[key]
+    assert row["status"] == "within tolerance" and row["tolerance"] == pytest.approx(3.2)
+    assert statuses(verify.compare(committed, rerun, moved={key: 1.0}))[key] == "outside tolerance"
+
+
+def test_record_writes_moves_and_flips_and_reports_mark_the_flipped_rows(committed, repo):
+    from gradience.reporting import findings_table, mark_machine_flips, read_reruns
+
+    rows = [{"id": "x.a", "verdict": "reproduced", "measured": "1", "why": "w"},
+            {"id": "x.a", "verdict": "inconclusive", "measured": "2", "why": "w"}]
+    (repo / "reports" / "x" / "findings.json").write_text(json.dumps(rows))
+    git(repo, "add", ".")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "findings")
+    rerun = copy.deepcopy(committed)
+    rerun["conditions"]["add_wd1"]["kappa"]["model"]["final_median"] *= 1.5
+    write_stage(repo, "x", rerun)
+    rows[1]["verdict"] = "not reproduced"
+    (repo / "reports" / "x" / "findings.json").write_text(json.dumps(rows))
+    path = verify.record(["x"], "HEAD", "machine A vs B", repo, repo / "reruns.json")
+    reruns = read_reruns(path)
+    assert reruns["stages"]["x"]["moved"] == {"conditions.add_wd1.kappa.model.final_median": 0.5}
+    assert reruns["stages"]["x"]["flipped"] == {"x.a#1": {"elsewhere": "inconclusive", "here": "not reproduced"}}
+    table = findings_table([{**r, "claim": "", "seed": ""} for r in rows])
+    marked = mark_machine_flips("x", table, reruns)
+    assert marked["why"].iloc[0] == "w"
+    assert marked["why"].iloc[1] == "w; on a second 2-core machine the same code gave “inconclusive”: this verdict sits on a threshold"
+    assert verify.main(["x"], "HEAD", repo, reruns=reruns) == 1  # a flip still fails verification

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     prof = sub.add_parser("profile", help=COMMANDS["profile"], description=COMMANDS["profile"])
     prof.add_argument("name")
     prof.add_argument("--params", default=PARAMS_FILE)
+    prof.add_argument("--estimate", action=argparse.BooleanOptionalAction, default=None,
+                      help="print the profile's runs, steps, FLOPs and H100 estimate (default: on for paper)")
+    prof.add_argument("--data", default="data", help="the data folder the jobs read (default: data)")
     data = sub.add_parser("data", help=COMMANDS["data"], description=COMMANDS["data"])
     data.add_argument("--out", default="data")
     data.add_argument("--verify", action="store_true", help="check the rebuilt folder against data.dvc")
@@ -53,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     ver = sub.add_parser("verify", help=COMMANDS["verify"], description=COMMANDS["verify"])
     ver.add_argument("stages", nargs="*", metavar="STUDY", help="studies to check (default: every report present)")
     ver.add_argument("--ref", default="HEAD", help="git revision holding the committed metrics")
+    ver.add_argument("--record", metavar="ABOUT", help="the working tree is a rerun of --ref's code on another "
+                     "machine: write how far each number moved and which verdicts flipped to claims/reruns.json "
+                     "(ABOUT: the two machines and commits), which widens tolerances and marks those Findings rows")
     sub.add_parser("stages", help=COMMANDS["stages"], description=COMMANDS["stages"])
     args = parser.parse_args(argv)
     unknown = [s for s in getattr(args, "stages", []) if s not in STAGES]
@@ -127,6 +133,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from gradience.profiles import write_profile
 
         print(f"wrote {write_profile(args.name, args.params)} (profile {args.name})")
+        if args.estimate or (args.estimate is None and args.name == "paper"):
+            from gradience.cost import format_profile
+
+            print(format_profile(args.name, args.data))
     elif args.command == "data":
         from gradience.data import DataMismatch, build, verify
 
@@ -141,6 +151,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "verify":
         from gradience import verify
 
+        if args.record:
+            stages = args.stages or [s for s in STAGES if Path(verify.metrics_path(s)).exists()]
+            print(verify.record(stages, args.ref, args.record))
+            return 0
         return verify.main(args.stages, args.ref)
     elif args.command == "pipeline":
         from gradience.pipeline import DVC_YAML, render

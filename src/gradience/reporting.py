@@ -266,6 +266,33 @@ def findings_table(rows: Iterable[dict[str, str]]) -> pd.DataFrame:
     return pd.DataFrame(list(rows), columns=COLUMNS)
 
 
+RERUNS = Path(__file__).resolve().parent / "claims" / "reruns.json"
+
+
+def read_reruns(path: str | Path = RERUNS) -> dict[str, Any]:
+    """The recorded rerun of one commit on a second machine (``gradience verify --record``): per stage,
+    ``{"moved": {metrics key: relative change}, "flipped": {"<claim id>#<k>": {"elsewhere": v, "here": v}}}``."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else {"stages": {}}
+
+
+def mark_machine_flips(stage: str, table: pd.DataFrame, reruns: dict[str, Any] | None = None) -> pd.DataFrame:
+    """``table`` with a sentence added to the ``why`` of each row whose verdict flipped between the two
+    machines of :data:`RERUNS` (the k-th row of a claim is ``<id>#<k>``): such a verdict sits on a threshold."""
+    flipped = (read_reruns() if reruns is None else reruns).get("stages", {}).get(stage, {}).get("flipped", {})
+    if not flipped:
+        return table
+    table = table.copy()
+    nth = table.groupby("id").cumcount()
+    for i, (claim, k) in enumerate(zip(table["id"], nth, strict=True)):
+        flip = flipped.get(f"{claim}#{k}")
+        if flip and table["verdict"].iat[i] in (flip["here"], flip["elsewhere"]):
+            other = flip["elsewhere"] if table["verdict"].iat[i] == flip["here"] else flip["here"]
+            table.iloc[i, table.columns.get_loc("why")] += (
+                f"; on a second 2-core machine the same code gave “{other}”: this verdict sits on a threshold")
+    return table
+
+
 def verdict_counts(table: pd.DataFrame) -> dict[str, int]:
     """How many rows of a Findings table got each verdict, all four named (zeros included)."""
     counts = table["verdict"].value_counts()

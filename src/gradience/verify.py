@@ -17,8 +17,12 @@ key (flattened, nested keys joined with ``.``). Each key gets one status:
 - ``missing``: the key is in one file only.
 
 A stage fails when a verdict flipped or a number moved outside its tolerance; the rest is
-reported. The tolerances are calibrated on reruns of one commit on two 2-core machines (see
-:data:`TOLERANCES`): a number outside them moved by more than a change of machine moves it.
+reported. A key's tolerance is the larger of its pattern's (:data:`TOLERANCES`) and
+:data:`RERUN_FACTOR` times how far it moved when one commit was rerun on a second 2-core machine
+(:data:`RERUNS`, written by ``gradience verify --record``): many numbers of unstable or chaotic
+runs (a spike, an edge of stability, a grok time) move across machines as much as across seeds,
+so a number fails only when it moved further than a change of machine moves it. The same record
+lists the claims whose verdict flipped between the two machines; their notebooks say so.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from gradience.reporting import RERUNS, read_reruns
 
 # Tolerances are RELATIVE: a number passes when |rerun - committed| <= tol * max(|committed|, FLOOR).
 # FLOOR only avoids dividing by zero: a committed 0 must be rerun as (almost exactly) 0. There are
@@ -57,6 +63,7 @@ TOLERANCES: dict[str, float] = {
     "*": 0.25,
 }
 DEFAULT_TOLERANCE = 0.25  # when ``tolerances`` has no matching pattern
+RERUN_FACTOR = 2.0  # a key may move twice as far as it moved between the two recorded machines
 COUNT_SLACK = 1  # two counts (integers) this close are within tolerance: one run on the other side of a threshold
 FLOOR = 1e-9
 VERDICTS = ("findings.*", "*verdict*")
@@ -108,12 +115,15 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def compare(committed: dict, rerun: dict, tolerances: Mapping[str, float] | None = None) -> pd.DataFrame:
+def compare(committed: dict, rerun: dict, tolerances: Mapping[str, float] | None = None,
+            moved: Mapping[str, float] | None = None) -> pd.DataFrame:
     """One row per flattened key: ``key, committed, rerun, rel_diff, tolerance, status``.
 
-    ``tolerances``: pattern → relative tolerance (default :data:`TOLERANCES`). ``rel_diff`` is
-    ``|rerun - committed| / max(|committed|, 1e-9)`` for two numbers, else NaN.
+    ``tolerances``: pattern → relative tolerance (default :data:`TOLERANCES`); ``moved``: key → how
+    far it moved between two machines (its tolerance is then at least ``RERUN_FACTOR`` times that).
+    ``rel_diff`` is ``|rerun - committed| / max(|committed|, 1e-9)`` for two numbers, else NaN.
     """
+    moved = moved or {}
     a, b = flatten(committed), flatten(rerun)
     rows = []
     for key in list(a) + [k for k in b if k not in a]:
@@ -122,6 +132,8 @@ def compare(committed: dict, rerun: dict, tolerances: Mapping[str, float] | None
         if verdict and key.startswith("findings."):  # value_counts() omits verdicts no finding got
             x, y = (0 if v is _MISSING else v for v in (x, y))
         tol = tolerance(key, tolerances)
+        if not verdict and key in moved:
+            tol = max(tol, RERUN_FACTOR * moved[key])
         nx, ny = _number(x), _number(y)
         rel = abs(ny - nx) / max(abs(nx), FLOOR) if nx is not None and ny is not None else math.nan
         counts = type(x) is int and type(y) is int
@@ -180,19 +192,39 @@ def _committed_and_working(path: str, committed_ref: str, repo: str | Path, stag
 
 
 def verify_stage(stage: str, committed_ref: str = "HEAD", repo: str | Path = ".",
-                 tolerances: Mapping[str, float] | None = None) -> pd.DataFrame:
+                 tolerances: Mapping[str, float] | None = None, reruns: dict | None = None) -> pd.DataFrame:
     """:func:`compare_findings` and :func:`compare` of the committed ``findings.json`` and ``metrics.json``
-    of ``reports/<stage>/`` (``git show <committed_ref>:…``) with the working tree's."""
+    of ``reports/<stage>/`` (``git show <committed_ref>:…``) with the working tree's; ``reruns``: the
+    two-machine record whose moves widen tolerances (default :data:`RERUNS`; ``{}`` for none)."""
+    moved = (read_reruns() if reruns is None else reruns).get("stages", {}).get(stage, {}).get("moved", {})
     tables = []
     findings = f"reports/{stage}/findings.json"
     shown = subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{committed_ref}:{findings}"])
     if shown.returncode == 0 or (Path(repo) / findings).exists():
         tables.append(compare_findings(*_committed_and_working(findings, committed_ref, repo, stage)))
-    tables.append(compare(*_committed_and_working(metrics_path(stage), committed_ref, repo, stage), tolerances))
+    tables.append(compare(*_committed_and_working(metrics_path(stage), committed_ref, repo, stage), tolerances,
+                          moved))
     return pd.concat(tables, ignore_index=True)
 
 
-def main(stages: Sequence[str] = (), ref: str = "HEAD", repo: str | Path = ".") -> int:
+def record(stages: Sequence[str], ref: str, about: str, repo: str | Path = ".", path: str | Path = RERUNS) -> Path:
+    """Write :data:`RERUNS` from the working tree's reports, a rerun of ``ref``'s code on another machine:
+    per stage, how far each number moved (``moved``) and each Findings row whose verdict flipped."""
+    out: dict[str, Any] = {"about": about, "ref": ref, "stages": {}}
+    for stage in stages:
+        table = verify_stage(stage, ref, repo, reruns={})
+        moves = table[table["rel_diff"].notna() & (table["rel_diff"] > 0) & ~table["key"].str.startswith("findings")]
+        flips = table[(table["status"] == "verdict flipped") & table["key"].str.startswith("findings.json:")]
+        out["stages"][stage] = {
+            "moved": {k: round(float(v), 4) for k, v in zip(moves["key"], moves["rel_diff"], strict=True)},
+            "flipped": {k.removeprefix("findings.json:"): {"elsewhere": a, "here": b}
+                        for k, a, b in zip(flips["key"], flips["committed"], flips["rerun"], strict=True)},
+        }
+    Path(path).write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+    return Path(path)
+
+
+def main(stages: Sequence[str] = (), ref: str = "HEAD", repo: str | Path = ".", reruns: dict | None = None) -> int:
     """Print the differing keys of each stage and a summary; 1 if a stage fails, else 0.
 
     ``stages``: default every stage with a ``metrics.json`` in the working tree.
@@ -207,7 +239,7 @@ def main(stages: Sequence[str] = (), ref: str = "HEAD", repo: str | Path = ".") 
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
         for stage in stages:
             try:
-                table = verify_stage(stage, ref, repo)
+                table = verify_stage(stage, ref, repo, reruns=reruns)
             except FileNotFoundError as exc:
                 print(f"== {stage}: {exc}")
                 failed.append(stage)

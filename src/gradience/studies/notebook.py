@@ -22,7 +22,13 @@ import pyarrow.parquet as pq
 from pydantic import Field, create_model
 
 from gradience.config import PARAMS_FILE, read_params_file, validate_section
-from gradience.reporting import findings_table, verdict_counts, write_findings, write_metrics
+from gradience.reporting import (
+    findings_table,
+    mark_machine_flips,
+    verdict_counts,
+    write_findings,
+    write_metrics,
+)
 from gradience.studies.grid import StageSection, runs_module
 from gradience.studies.protocol import RUN_PARAMS_FILE, TABLES_DIR, ReportParams, RunParams, Tables
 
@@ -122,10 +128,10 @@ def step_curves(frame: pd.DataFrame, by: str | list[str], metrics: dict[str, str
 
 def write_report(stage: str, analysis: Any, p: ReportParams, out_dir: str | Path) -> pd.DataFrame:
     """Write ``metrics.json``, ``findings.json`` (the Findings rows, which the synthesis stage reads) and
-    ``plots/<curve>.csv``; return the Findings table."""
+    ``plots/<curve>.csv``; return the Findings table (a row whose verdict flipped on a second machine says so)."""
     out = Path(out_dir)
     ana, fin = study_part(stage, "analysis"), study_part(stage, "findings")
-    table = findings_table(fin.findings(analysis, p))
+    table = mark_machine_flips(stage, findings_table(fin.findings(analysis, p)))
     metrics = dict(ana.metrics(analysis, p))
     metrics["findings"] = verdict_counts(table)
     write_metrics(out, metrics)
