@@ -3,16 +3,12 @@ against the params, the LoRA rule on a tiny PEFT model, and the estimate ``gradi
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from gradience import cost
 from gradience.profiles import profile_params
-
-DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def _step_flops(model, *inputs, loss) -> int:
@@ -60,16 +56,16 @@ def test_lora_rule_matches_counted_flops_of_a_tiny_peft_model():
     assert abs(rule / counted - 1) < 0.05
 
 
-def test_runs_and_steps_follow_the_params():
+def test_runs_and_steps_follow_the_params(data_dir):
     params = profile_params("default")["grokking"]["runs"]
-    costs = cost.run_costs("grokking", profile_params("default"), DATA)
+    costs = cost.run_costs("grokking", profile_params("default"), data_dir)
     seeds = [len(c.get("seeds") or params["seeds"]) for c in params["conditions"]]
     steps = [c.get("steps") or params["steps"] for c in params["conditions"]]
     assert len(costs) == sum(seeds)
     assert sum(c.steps for c in costs) == sum(s * n for s, n in zip(steps, seeds, strict=True))
     assert {c.tokens for c in costs} == {params["batch_size"]}
     paper = profile_params("paper")["lora_gsm8k"]["runs"]
-    lora = cost.run_costs("lora_gsm8k", profile_params("paper"), DATA)
+    lora = cost.run_costs("lora_gsm8k", profile_params("paper"), data_dir)
     assert len(lora) == len(paper["configs"]) * len(paper["seeds"]) + 1  # + the zero-shot reference
     assert sum(c.steps for c in lora) == (len(lora) - 1) * paper["steps"]
     # Mistral-7B's published size (7,241,732,096) less its input embedding (32000 × 4096) and norms
@@ -77,10 +73,10 @@ def test_runs_and_steps_follow_the_params():
     assert base == {7_241_732_096 - 32000 * 4096 - 65 * 4096}
 
 
-def test_profile_paper_prints_the_estimate(tmp_path, capsys):
+def test_profile_paper_prints_the_estimate(tmp_path, capsys, data_dir):
     from gradience.cli import main
 
-    main(["profile", "paper", "--params", str(tmp_path / "params.yaml"), "--data", str(DATA)])
+    main(["profile", "paper", "--params", str(tmp_path / "params.yaml"), "--data", str(data_dir)])
     out = capsys.readouterr().out
     assert (tmp_path / "params.yaml").is_file()
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
