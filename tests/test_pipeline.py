@@ -183,6 +183,7 @@ def test_a_failing_run_or_notebook_leaves_nothing_half_written(clone, tmp_path):
     assert res.returncode != 0 and "no CUDA device is available" in res.stderr
     assert sorted(p.name for p in (dest / "reports/grokking/tables").iterdir()) == tables
     assert not list((dest / "reports/grokking").glob(".tables-*"))
+    report = {name: (dest / "reports/grokking" / name).read_bytes() for name in ("metrics.json", "grokking.ipynb")}
     broken = dest / "notebooks" / "grokking.py"
     source = broken.read_text()
     broken.write_text(source.replace("results = grokking.analyse(", "raise RuntimeError('boom')\nresults = grokking.analyse(", 1))
@@ -191,8 +192,9 @@ def test_a_failing_run_or_notebook_leaves_nothing_half_written(clone, tmp_path):
     finally:
         broken.write_text(source)
     assert res.returncode == 1 and "boom" in res.stderr
-    assert not (dest / "reports/grokking/metrics.json").exists()
-    assert not (dest / "reports/grokking/grokking.ipynb").exists()
+    # the report written before is kept as it was (the notebook wrote into a staging folder)
+    assert {name: (dest / "reports/grokking" / name).read_bytes() for name in report} == report
+    assert not (dest / ".gradience/staging/grokking").exists()
     assert (dest / "reports/grokking/tables/runs.parquet").exists()
     assert (dest / ".gradience/failed/grokking.ipynb").exists()
 
