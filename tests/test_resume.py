@@ -32,9 +32,15 @@ def _stage_dir(tmp_path: Path, data_dir: Path, section: dict) -> Path:
     return tmp_path
 
 
+def _interruptible() -> None:
+    """SIGINT as in a terminal: a test run started in the background (CI, nohup) inherits it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _command(cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "gradience.studies.grid", "grokking"], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_interruptible)
 
 
 def assert_same_tables(a: Path, b: Path) -> None:
