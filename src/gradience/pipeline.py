@@ -27,13 +27,13 @@ import yaml
 
 from gradience.closure import PACKAGE, closure
 from gradience.reporting import FINDINGS_FILE
-from gradience.studies.grid import TRAIN_ENTRY, runs_module
+from gradience.studies.grid import TRAIN_ENTRY, WEIGHTS_DIR, runs_module
 from gradience.studies.protocol import TABLES_DIR
 from gradience.studies.registry import STAGES
 
 ROOT = PACKAGE.parent.parent
 DVC_YAML = Path("dvc.yaml")
-WEIGHTS = "reports/weights"
+WEIGHTS = WEIGHTS_DIR.as_posix()  # the grid runner reads base models there (and fingerprints them)
 BASE_MODEL_STAGES = {  # name -> the module whose ``python -m`` entry point writes the checkpoint
     "smollm2": "gradience.lora.base_models",
 }
